@@ -1,0 +1,327 @@
+"""Typed pipeline configuration.
+
+One object, loaded from the packaged ``conf/pipeline.yaml``, then an optional overlay
+file (``--conf``), then the environment (``P300_ROOT``, ``P300__SECTION__KEY``), then
+explicit overrides (``--root``, ``--set section.key=value``). Unknown keys and invalid
+values fail with a message naming the key, so a typo never silently falls back to a
+default. Modules receive this object; none reads the environment itself.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "load_config",
+    "default_conf_text",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key in the message."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class Tables(_Strict):
+    raw_eeg: str = "raw_eeg"
+    ingest_log: str = "ingest_log"
+    features: str = "features"
+    preprocess_log: str = "preprocess_log"
+    predictions: str = "predictions"
+
+
+class Storage(_Strict):
+    root: str = "./lakehouse"
+    landing: str = "landing-zone"
+    archive: str = "archive"
+    quarantine: str = "quarantine"
+    tables: Tables = Field(default_factory=Tables)
+
+
+class EventIds(_Strict):
+    nontarget: int = 1
+    target: int = 2
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "EventIds":
+        if self.nontarget == self.target or min(self.nontarget, self.target) <= 0:
+            raise ValueError("event ids must be distinct positive integers")
+        return self
+
+
+class Signal(_Strict):
+    sfreq: float = Field(512.0, gt=0)
+    channel_prefix: str = "eeg_ch"
+    stim_column: str = "stim"
+    event_ids: EventIds = Field(default_factory=EventIds)
+    line_freq: float = Field(50.0, gt=0)
+    erp_channel: str = "eeg_ch11"
+
+
+class Preprocess(_Strict):
+    l_freq: float = Field(1.0, ge=0)
+    h_freq: float = Field(20.0, gt=0)
+    notch: bool = True
+    tmin: float = -0.1
+    tmax: float = 0.6
+    baseline: tuple[float, float] = (-0.1, 0.0)
+    reject_peak_to_peak_uv: float | None = Field(100.0, gt=0)
+    resample_hz: float = Field(100.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Preprocess":
+        if self.h_freq <= self.l_freq:
+            raise ValueError(f"h_freq ({self.h_freq}) must be above l_freq ({self.l_freq})")
+        if self.tmax <= self.tmin:
+            raise ValueError(f"tmax ({self.tmax}) must be after tmin ({self.tmin})")
+        b0, b1 = self.baseline
+        if not (self.tmin <= b0 < b1 <= self.tmax):
+            raise ValueError(f"baseline {self.baseline} must lie inside [tmin, tmax] = [{self.tmin}, {self.tmax}]")
+        if self.h_freq >= self.resample_hz / 2:
+            raise ValueError(f"h_freq ({self.h_freq}) must be below the Nyquist of resample_hz ({self.resample_hz})")
+        return self
+
+    @property
+    def n_times(self) -> int:
+        """Samples per channel in a feature vector: depends on the configuration alone."""
+        from math import floor
+
+        return int(floor(round((self.tmax - self.tmin) * self.resample_hz, 6))) + 1
+
+
+class Training(_Strict):
+    model: Literal["shrinkage_lda", "lda"] = "shrinkage_lda"
+    train_fraction: float = Field(0.5, gt=0, le=1)
+    min_subjects: int = Field(2, ge=1)
+    cv_folds: int = Field(5, ge=2)
+    seed: int = 42
+
+
+class Registry(_Strict):
+    model_name: str = "p300-classifier"
+    experiment: str = "p300-training"
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
+
+
+class Serving(_Strict):
+    backend: Literal["local", "databricks"] = "local"
+    endpoint_name: str = "p300-endpoint"
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)
+    token: str | None = None
+    workload_size: Literal["Small", "Medium", "Large"] = "Small"
+    scale_to_zero: bool = True
+    max_body_mb: float = Field(64, gt=0)
+    ready_timeout_s: float = Field(600, gt=0)
+
+
+class Evaluation(_Strict):
+    experiment: str = "p300-evaluation"
+    batch_size: int = Field(64, ge=1)
+    concurrency: int = Field(4, ge=1)
+    retries: int = Field(5, ge=0)
+    request_timeout_s: float = Field(30.0, gt=0)
+
+
+class SparkConf(_Strict):
+    master: str | None = "local[*]"
+    app_name: str = "p300-pipeline"
+    shuffle_partitions: int | None = Field(None, ge=1)
+    ui: bool = False
+    log_level: str = "WARN"
+    delta_version: str = "4.4.0"
+    delta_jars: list[str] = Field(default_factory=list)
+
+
+class Config(_Strict):
+    storage: Storage = Field(default_factory=Storage)
+    signal: Signal = Field(default_factory=Signal)
+    preprocess: Preprocess = Field(default_factory=Preprocess)
+    training: Training = Field(default_factory=Training)
+    registry: Registry = Field(default_factory=Registry)
+    serving: Serving = Field(default_factory=Serving)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    spark: SparkConf = Field(default_factory=SparkConf)
+
+    # ---- derived locations (no I/O) -------------------------------------------------
+    @property
+    def root(self) -> str:
+        return self.storage.root.rstrip("/") or "/"
+
+    def path(self, *parts: str) -> str:
+        """A location under the storage root, as a URI-ish string usable by Spark and Hadoop."""
+        return "/".join([self.root, *[p.strip("/") for p in parts]])
+
+    @property
+    def landing_dir(self) -> str:
+        return self.path(self.storage.landing)
+
+    @property
+    def archive_dir(self) -> str:
+        return self.path(self.storage.archive)
+
+    @property
+    def quarantine_dir(self) -> str:
+        return self.path(self.storage.quarantine)
+
+    def table(self, name: str) -> str:
+        """Delta path (or catalog name, when the configured name has dots) of a table."""
+        value = getattr(self.storage.tables, name)
+        if "." in value and "/" not in value:
+            return value
+        return self.path("delta", value)
+
+    @property
+    def is_local_root(self) -> bool:
+        return "://" not in self.root and not self.root.startswith("dbfs:")
+
+    @property
+    def local_root(self) -> Path:
+        if not self.is_local_root:
+            raise ConfigError(f"storage.root {self.root!r} is not on the local file system")
+        return Path(self.root).expanduser().resolve()
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.registry.tracking_uri:
+            return self.registry.tracking_uri
+        return f"sqlite:///{self.local_root / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def registry_uri(self) -> str:
+        return self.registry.registry_uri or self.tracking_uri
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Artifact root for new experiments on the embedded store; None lets the server decide."""
+        if self.registry.tracking_uri:
+            return None
+        return (self.local_root / "mlflow" / "artifacts").as_uri()
+
+    @property
+    def serving_dir(self) -> Path:
+        return self.local_root / "serving"
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ---- loading ------------------------------------------------------------------------
+
+ENV_PREFIX = "P300__"
+
+
+def default_conf_text(name: str = "pipeline.yaml") -> str:
+    """Text of a packaged conf file: from the wheel (pipeline.conf) or the repository."""
+    try:
+        return resources.files("pipeline.conf").joinpath(name).read_text()
+    except (ModuleNotFoundError, FileNotFoundError):
+        repo_conf = Path(__file__).resolve().parent.parent / "conf" / name
+        if repo_conf.exists():
+            return repo_conf.read_text()
+        raise ConfigError(f"packaged configuration {name!r} not found")
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value, f"{where}{key}.")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, raw: str) -> None:
+    keys = [k for k in dotted.split(".") if k]
+    if not keys:
+        raise ConfigError(f"empty override key in {dotted!r}")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{dotted}: {k!r} is not a section")
+        node = nxt
+    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+
+
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling against conf/pipeline.yaml)"
+        lines.append(f"  {key}: {msg} (got {err.get('input')!r})" if err["type"] != "extra_forbidden" else f"  {key}: {msg}")
+    return f"invalid configuration ({source}):\n" + "\n".join(lines)
+
+
+def load_config(
+    conf_file: str | os.PathLike[str] | None = None,
+    root: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | list[str] | None = None,
+) -> Config:
+    """Build the configuration; later sources win: defaults < file < env < overrides < root."""
+    data = _read_yaml(default_conf_text(), "conf/pipeline.yaml")
+    sources = ["conf/pipeline.yaml"]
+    if conf_file:
+        path = Path(conf_file)
+        if path.exists():
+            text = path.read_text()
+        else:  # a packaged overlay by name, e.g. --conf databricks.yaml on a cluster
+            try:
+                text = default_conf_text(path.name)
+            except ConfigError:
+                raise ConfigError(f"--conf {conf_file}: file not found") from None
+        data = _deep_merge(data, _read_yaml(text, str(conf_file)))
+        sources.append(str(conf_file))
+    env = env or {}
+    for key, value in sorted(env.items()):
+        if key.startswith(ENV_PREFIX):
+            _set_dotted(data, key[len(ENV_PREFIX):].lower().replace("__", "."), value)
+            sources.append(key)
+    if env.get("PYSPARK_GATEWAY_PORT") and not any(k.startswith(ENV_PREFIX + "SPARK__MASTER") for k in env):
+        # launched by spark-submit (or a Databricks driver): the launcher owns the master
+        data.setdefault("spark", {})["master"] = None
+        sources.append("spark-submit")
+    if env.get("P300_ROOT"):
+        data.setdefault("storage", {})["root"] = env["P300_ROOT"]
+        sources.append("P300_ROOT")
+    items = overrides.items() if isinstance(overrides, Mapping) else [
+        tuple(o.split("=", 1)) if "=" in o else (o, None) for o in (overrides or [])
+    ]
+    for key, value in items:
+        if value is None:
+            raise ConfigError(f"override {key!r} must look like section.key=value")
+        _set_dotted(data, key, value)
+        sources.append(f"--set {key}")
+    if root:
+        data.setdefault("storage", {})["root"] = root
+        sources.append("--root")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, " < ".join(sources))) from None

@@ -1,0 +1,90 @@
+"""The one place a SparkSession comes from.
+
+On Databricks or under ``spark-submit`` a session already exists and is returned
+as is. Otherwise a local session with Delta is built. Delta's jars are passed as
+``spark.jars`` from the local Maven repository (filled by ``./dev setup`` with
+``mvn dependency:get``), so session start never touches the network; only when the
+jars are missing does it fall back to ``spark.jars.packages`` (Ivy download).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from pipeline.config import Config
+
+__all__ = ["get_spark", "delta_artifact", "delta_jar_paths", "spark_conf_pairs"]
+
+SCALA = "2.13"
+
+
+def delta_artifact(cfg: Config) -> str:
+    """Maven coordinate of the Delta jar matching the installed pyspark."""
+    import pyspark
+
+    major_minor = ".".join(pyspark.__version__.split(".")[:2])
+    return f"io.delta:delta-spark_{major_minor}_{SCALA}:{cfg.spark.delta_version}"
+
+
+def delta_jar_paths(cfg: Config, m2: Path | None = None) -> list[str]:
+    """Explicit jars from config, else Delta's jars in the local Maven repo, else []."""
+    if cfg.spark.delta_jars:
+        missing = [j for j in cfg.spark.delta_jars if not Path(j).exists()]
+        if missing:
+            raise FileNotFoundError(f"spark.delta_jars: not found: {', '.join(missing)}")
+        return list(cfg.spark.delta_jars)
+    m2 = m2 or Path.home() / ".m2" / "repository"
+    _, artifact, version = delta_artifact(cfg).split(":")
+    jars = [
+        m2 / "io" / "delta" / artifact / version / f"{artifact}-{version}.jar",
+        m2 / "io" / "delta" / "delta-storage" / version / f"delta-storage-{version}.jar",
+    ]
+    return [str(j) for j in jars] if all(j.exists() for j in jars) else []
+
+
+def spark_conf_pairs(cfg: Config, for_tests: bool = False) -> dict[str, str]:
+    """Spark settings for a local session with Delta (also used for spark-submit --conf)."""
+    cores = os.cpu_count() or 2
+    conf = {
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions or cores),
+        "spark.default.parallelism": str(cfg.spark.shuffle_partitions or cores),
+        "spark.ui.enabled": "false" if for_tests else str(cfg.spark.ui).lower(),
+        "spark.ui.showConsoleProgress": "false",
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.host": "127.0.0.1",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.databricks.delta.snapshotPartitions": "2",
+        "spark.sql.adaptive.enabled": "true",
+        "spark.python.worker.reuse": "true",
+        # the driver's interpreter runs the Python workers too (venv, same packages)
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+    }
+    jars = delta_jar_paths(cfg)
+    if jars:
+        conf["spark.jars"] = ",".join(jars)
+    else:
+        conf["spark.jars.packages"] = delta_artifact(cfg)
+    return conf
+
+
+def get_spark(cfg: Config, for_tests: bool = False) -> SparkSession:
+    """The active session if there is one, otherwise a local Delta-enabled session."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    if cfg.spark.master is None:
+        # Databricks / spark-submit: the launcher configured the session
+        return SparkSession.builder.appName(cfg.spark.app_name).getOrCreate()
+    builder = SparkSession.builder.master(cfg.spark.master).appName(cfg.spark.app_name)
+    for key, value in spark_conf_pairs(cfg, for_tests).items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel(cfg.spark.log_level)
+    return session

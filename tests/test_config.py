@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, load_config
+
+
+def test_defaults_load_and_derive_paths(tmp_path: Path):
+    cfg = load_config(root=str(tmp_path), env={})
+    assert cfg.signal.sfreq == 512.0
+    assert cfg.preprocess.n_times == 71  # (0.6 - -0.1) s at 100 Hz, both ends included
+    assert cfg.table("raw_eeg") == f"{tmp_path}/delta/raw_eeg"
+    assert cfg.landing_dir == f"{tmp_path}/landing-zone"
+    assert cfg.tracking_uri == f"sqlite:///{tmp_path.resolve()}/mlflow/mlflow.db"
+
+
+def test_unknown_key_is_rejected_with_its_name(tmp_path: Path):
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text("preprocess:\n  l_frq: 0.5\n")
+    with pytest.raises(ConfigError, match=r"preprocess\.l_frq: unknown key"):
+        load_config(overlay, env={})
+
+
+def test_invalid_value_names_the_key():
+    with pytest.raises(ConfigError, match=r"training\.train_fraction"):
+        load_config(env={}, overrides=["training.train_fraction=1.5"])
+    with pytest.raises(ConfigError, match=r"preprocess"):
+        load_config(env={}, overrides=["preprocess.h_freq=0.5"])
+    with pytest.raises(ConfigError, match=r"serving\.workload_size"):
+        load_config(env={}, overrides=["serving.workload_size=Huge"])
+
+
+def test_precedence_defaults_file_env_overrides_root(tmp_path: Path):
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text("training:\n  cv_folds: 3\n  seed: 7\nstorage:\n  root: /from/file\n")
+    env = {"P300__TRAINING__CV_FOLDS": "4", "P300_ROOT": "/from/env", "UNRELATED": "x"}
+    cfg = load_config(overlay, env=env)
+    assert (cfg.training.cv_folds, cfg.training.seed, cfg.root) == (4, 7, "/from/env")
+    cfg = load_config(overlay, root="/from/cli", env=env, overrides=["training.cv_folds=6"])
+    assert (cfg.training.cv_folds, cfg.root) == (6, "/from/cli")
+
+
+def test_databricks_overlay_by_name_and_catalog_tables():
+    cfg = load_config("conf/databricks.yaml", env={}, overrides=["storage.tables.features=main.p300.features"])
+    assert cfg.root == "dbfs:/FileStore/tables/p300_files"
+    assert cfg.serving.backend == "databricks" and cfg.spark.master is None
+    assert cfg.table("features") == "main.p300.features"
+    assert cfg.table("raw_eeg") == "dbfs:/FileStore/tables/p300_files/delta/raw_eeg"
+    with pytest.raises(ConfigError, match="not on the local file system"):
+        _ = cfg.local_root
+
+
+def test_spark_submit_launch_leaves_the_master_to_the_launcher():
+    assert load_config(env={"PYSPARK_GATEWAY_PORT": "1234"}).spark.master is None
+    assert load_config(env={}).spark.master == "local[*]"
+
+
+def test_missing_overlay_and_bad_yaml(tmp_path: Path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml", env={})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(bad, env={})
