@@ -16,3 +16,14 @@ def test_delta_write_read_and_history(spark, cfg):
     assert [h.operation for h in history] == ["WRITE", "WRITE"]
     v0 = spark.read.format("delta").option("versionAsOf", 0).load(path)
     assert_df_equality(v0, df, ignore_row_order=True)
+
+
+def test_storage_helpers_address_tables_by_name(spark, cfg):
+    from pipeline.storage import read_table, table_exists, table_version
+
+    assert not table_exists(spark, cfg, "features") and table_version(spark, cfg, "features") is None
+    spark.range(3).write.format("delta").save(cfg.table("features"))
+    spark.range(5).write.format("delta").mode("overwrite").save(cfg.table("features"))
+    assert table_exists(spark, cfg, "features") and table_version(spark, cfg, "features") == 1
+    assert read_table(spark, cfg, "features").count() == 5
+    assert read_table(spark, cfg, "features", version=0).count() == 3
