@@ -82,6 +82,9 @@ def get_spark(cfg: Config, for_tests: bool = False) -> SparkSession:
     if cfg.spark.master is None:
         # Databricks / spark-submit: the launcher configured the session
         return SparkSession.builder.appName(cfg.spark.app_name).getOrCreate()
+    # A Python-launched SparkContext reads its workers' interpreter from PYSPARK_PYTHON only
+    # (spark.pyspark.python is honoured by spark-submit alone): make it this interpreter.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master(cfg.spark.master).appName(cfg.spark.app_name)
     for key, value in spark_conf_pairs(cfg, for_tests).items():
         builder = builder.config(key, value)
