@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first ceil(F x n) processed subjects in id order (default training.train_fraction)")
     g.add_argument("--subjects", type=_subject_list, default=None, help="explicit training subjects")
     p.add_argument("--no-alias", action="store_true", help="register only; do not move the challenger alias")
+    p.add_argument("--force", action="store_true",
+                   help="train again even if a version was registered from the same features version, "
+                        "subjects and settings")
 
     sub.add_parser("deploy", help="serve the challenger beside the champion (idempotent)")
 

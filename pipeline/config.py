@@ -1,7 +1,8 @@
 """Typed pipeline configuration.
 
 One object, loaded from the packaged ``conf/pipeline.yaml``, then an optional overlay
-file (``--conf``), then the environment (``P300_ROOT``, ``P300__SECTION__KEY``), then
+file (``--conf``), then the environment (``MLFLOW_TRACKING_URI`` and ``MLFLOW_REGISTRY_URI``
+as ``registry.*``, ``P300_ROOT``, ``P300__SECTION__KEY``), then
 explicit overrides (``--root``, ``--set section.key=value``). Unknown keys and invalid
 values fail with a message naming the key, so a typo never silently falls back to a
 default. Modules receive this object; none reads the environment itself.
@@ -299,6 +300,10 @@ def load_config(
         data = _deep_merge(data, _read_yaml(text, str(conf_file)))
         sources.append(str(conf_file))
     env = env or {}
+    for var, key in (("MLFLOW_TRACKING_URI", "tracking_uri"), ("MLFLOW_REGISTRY_URI", "registry_uri")):
+        if env.get(var):  # MLflow's own variables name a tracking server; P300__REGISTRY__* still win
+            data.setdefault("registry", {})[key] = env[var]
+            sources.append(var)
     for key, value in sorted(env.items()):
         if key.startswith(ENV_PREFIX):
             _set_dotted(data, key[len(ENV_PREFIX):].lower().replace("__", "."), value)

@@ -74,7 +74,10 @@ class P300Model(PythonModel):
         labels = np.where(proba >= 0.5, self.target_label, self.nontarget_label).astype(np.int64)
         return proba.astype(np.float64), labels
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """DataFrame[probability, label] for any input ``as_matrix`` accepts. The hint is
+        np.ndarray (what the tensor signature delivers) because MLflow reads this hint: it
+        skips schema inference for it, where Any or a Union would draw a warning."""
         proba, labels = self.predict_matrix(as_matrix(model_input, self.n_features))
         return pd.DataFrame({"probability": proba, "label": labels})
 

@@ -1,5 +1,17 @@
-"""MLflow tracking and model registry access, configured from Config only."""
+"""MLflow tracking and model registry access, configured from Config only.
+
+The one module that knows registry conventions (DESIGN.md): aliases ``challenger``
+and ``champion``, stages where the registry still has them (workspace registry,
+SQLite, a tracking server) and none where it has not (Unity Catalog), and the
+lineage each version's run records (training subjects, the features table and its
+Delta version). Every job reads and writes the registry through these functions.
+"""
 from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -8,7 +20,43 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import Config
 
-__all__ = ["mlflow_client", "alias_version", "model_uri"]
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "PARAM_TRAINING_SUBJECTS",
+    "PARAM_FEATURES_TABLE",
+    "PARAM_FEATURES_VERSION",
+    "PARAM_N_FEATURES",
+    "TAG_FINGERPRINT",
+    "Lineage",
+    "mlflow_client",
+    "ensure_experiment",
+    "alias_version",
+    "model_uri",
+    "alias_uri",
+    "get_version",
+    "set_alias",
+    "clear_alias",
+    "registry_has_stages",
+    "set_stage",
+    "format_subjects",
+    "parse_subjects",
+    "training_subjects",
+    "version_lineage",
+    "find_version_by_tag",
+]
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+
+# What a training run records (params on the run, tags on the model version).
+PARAM_TRAINING_SUBJECTS = "training_subjects"
+PARAM_FEATURES_TABLE = "features_table"
+PARAM_FEATURES_VERSION = "features_table_version"
+PARAM_N_FEATURES = "n_features"
+TAG_FINGERPRINT = "p300.fingerprint"
+
+_MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
 
 def mlflow_client(cfg: Config) -> MlflowClient:
@@ -20,15 +68,178 @@ def mlflow_client(cfg: Config) -> MlflowClient:
     return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri)
 
 
+def ensure_experiment(client: MlflowClient, cfg: Config, name: str) -> str:
+    """Id of experiment ``name``, created (embedded store: artifacts under the root) or
+    restored when missing or deleted; safe when two jobs create it at once."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=cfg.artifact_location)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
 def alias_version(client: MlflowClient, cfg: Config, alias: str) -> ModelVersion | None:
     """The version an alias points at, or None when the alias (or the model) does not exist."""
     try:
         return client.get_model_version_by_alias(cfg.registry.model_name, alias)
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+        if exc.error_code in _MISSING:
             return None
         raise
 
 
 def model_uri(cfg: Config, version: str | int) -> str:
     return f"models:/{cfg.registry.model_name}/{version}"
+
+
+def alias_uri(cfg: Config, alias: str) -> str:
+    return f"models:/{cfg.registry.model_name}@{alias}"
+
+
+def get_version(client: MlflowClient, cfg: Config, version: str | int) -> ModelVersion | None:
+    """A version of the configured model, or None when it does not exist."""
+    try:
+        return client.get_model_version(cfg.registry.model_name, str(version))
+    except MlflowException as exc:
+        if exc.error_code in _MISSING:
+            return None
+        raise
+
+
+def set_alias(client: MlflowClient, cfg: Config, alias: str, version: str | int) -> None:
+    """Point ``alias`` at ``version`` (moves it if it pointed elsewhere)."""
+    client.set_registered_model_alias(cfg.registry.model_name, alias, str(version))
+
+
+def clear_alias(client: MlflowClient, cfg: Config, alias: str) -> bool:
+    """Remove ``alias``; False (no error) when it was not set."""
+    if alias_version(client, cfg, alias) is None:
+        return False
+    try:
+        client.delete_registered_model_alias(cfg.registry.model_name, alias)
+    except MlflowException as exc:
+        if exc.error_code in _MISSING:
+            return False
+        raise
+    return True
+
+
+def registry_has_stages(cfg: Config) -> bool:
+    """Unity Catalog has no stages; the workspace registry and open-source MLflow still do."""
+    uri = (cfg.registry_uri or "").lower()
+    return not (uri.startswith("databricks-uc") or uri.startswith("uc:"))
+
+
+def set_stage(
+    client: MlflowClient, cfg: Config, version: str | int, stage: str, archive_existing: bool = False
+) -> bool:
+    """Move a version to ``stage`` where the registry has stages; False (no error) where it
+    has none or refuses them, so the same call works against Unity Catalog."""
+    if not registry_has_stages(cfg):
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated in MLflow 3, still served
+            client.transition_model_version_stage(
+                cfg.registry.model_name, str(version), stage, archive_existing_versions=archive_existing
+            )
+    except MlflowException as exc:
+        if exc.error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST", "FEATURE_DISABLED", "ENDPOINT_NOT_FOUND",
+                              "NOT_IMPLEMENTED"):
+            return False
+        raise
+    return True
+
+
+def format_subjects(subjects: list[int]) -> str:
+    """[1, 2, 3, 5] -> '1,2,3,5' (what runs and version tags store)."""
+    return ",".join(str(int(s)) for s in sorted(set(subjects)))
+
+
+def parse_subjects(text: str | None) -> list[int]:
+    if not text:
+        return []
+    text = text.strip()
+    if text.startswith("["):
+        return sorted(int(s) for s in json.loads(text))
+    return sorted(int(s) for s in text.split(",") if s.strip())
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What a registered version was trained from, read back from its run."""
+
+    model_name: str
+    version: str
+    run_id: str | None
+    training_subjects: list[int]
+    features_table: str | None
+    features_version: int | None
+    n_features: int | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    aliases: list[str] = field(default_factory=list)
+
+
+def _run_or_none(client: MlflowClient, run_id: str | None) -> Any:
+    if not run_id:
+        return None
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code in _MISSING:
+            return None
+        raise
+
+
+def version_lineage(client: MlflowClient, version: ModelVersion) -> Lineage:
+    """Lineage of a version: its run's params (the version's tags as fallback, e.g. when the
+    run lives in another workspace)."""
+    run = _run_or_none(client, version.run_id)
+    params = dict(run.data.params) if run else {}
+    tags = dict(version.tags or {})
+
+    def pick(key: str) -> str | None:
+        return params.get(key) or tags.get(key)
+
+    table_version = pick(PARAM_FEATURES_VERSION)
+    n_features = pick(PARAM_N_FEATURES)
+    return Lineage(
+        model_name=version.name,
+        version=str(version.version),
+        run_id=version.run_id,
+        training_subjects=parse_subjects(pick(PARAM_TRAINING_SUBJECTS)),
+        features_table=pick(PARAM_FEATURES_TABLE),
+        features_version=int(table_version) if table_version not in (None, "", "None") else None,
+        n_features=int(n_features) if n_features else None,
+        metrics=dict(run.data.metrics) if run else {},
+        aliases=list(getattr(version, "aliases", None) or []),
+    )
+
+
+def training_subjects(client: MlflowClient, version: ModelVersion) -> list[int]:
+    """Subject ids a version was trained on (what evaluation must hold out)."""
+    return version_lineage(client, version).training_subjects
+
+
+def find_version_by_tag(client: MlflowClient, cfg: Config, key: str, value: str) -> ModelVersion | None:
+    """Newest version of the configured model whose tag ``key`` equals ``value`` (None if none,
+    or the model does not exist yet). Filters client-side: not every registry filters on tags."""
+    try:
+        versions = client.search_model_versions(f"name = '{cfg.registry.model_name}'")
+    except MlflowException as exc:
+        if exc.error_code in _MISSING:
+            return None
+        raise
+    hits = [v for v in versions if (v.tags or {}).get(key) == value]
+    if not hits:
+        return None
+    newest = max(hits, key=lambda v: int(v.version))
+    return client.get_model_version(newest.name, newest.version)  # with aliases filled in
