@@ -32,6 +32,15 @@ setup(
     entry_points={
         "console_scripts": [
             "p300=pipeline.cli:main",
+            # one per job task: the bundle's python_wheel_task entry_points (pipeline/jobs.py)
+            "p300-ingest=pipeline.jobs:ingest_task",
+            "p300-preprocess=pipeline.jobs:preprocess_task",
+            "p300-train=pipeline.jobs:train_task",
+            "p300-deploy=pipeline.jobs:deploy_task",
+            "p300-evaluate=pipeline.jobs:evaluate_task",
+            "p300-promote=pipeline.jobs:promote_task",
+            # any p300 command under spark-submit with Delta (pipeline/submit.py)
+            "p300-submit=pipeline.submit:main",
         ],
     },
     license="Apache-2.0",

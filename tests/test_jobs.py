@@ -1,0 +1,230 @@
+"""Jobs: `p300 job NAME`, the wheel's task entry points, and the bundle that names them.
+
+The bundle test builds the real wheel (``setup.py bdist_wheel`` on a copy of the tree)
+and reads its metadata, as Databricks does when a python_wheel_task looks its
+``entry_point`` up under ``package_name``.
+"""
+from __future__ import annotations
+
+import configparser
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline import jobs
+from pipeline.cli import build_parser, run
+from pipeline.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLE_USER = "someone@example.com"
+
+
+# ---- the bundle ---------------------------------------------------------------------------------
+
+def _bundle() -> tuple[dict[str, Any], dict[str, tuple[Path, dict[str, Any]]]]:
+    root = yaml.safe_load((REPO / "databricks.yml").read_text())
+    jobs_by_key: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for pattern in root["include"]:
+        for path in sorted(REPO.glob(pattern)):
+            doc = yaml.safe_load(path.read_text()) or {}
+            for key, job in doc.get("resources", {}).get("jobs", {}).items():
+                assert key not in jobs_by_key, f"job {key} defined twice ({path.name})"
+                jobs_by_key[key] = (path, job)
+    return root, jobs_by_key
+
+
+def _resolve(value: Any, variables: dict[str, Any], target: str) -> Any:
+    """Substitute ${var.*}, ${bundle.*} and ${workspace.current_user.userName} as `bundle validate` would."""
+    if isinstance(value, dict):
+        return {k: _resolve(v, variables, target) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, variables, target) for v in value]
+    if not isinstance(value, str):
+        return value
+    whole = re.fullmatch(r"\$\{var\.(\w+)\}", value)
+    if whole:  # a whole-value reference keeps the variable's type (complex variables)
+        return _resolve(variables[whole.group(1)], variables, target)
+
+    def one(m: re.Match[str]) -> str:
+        ref = m.group(1)
+        if ref.startswith("var."):
+            return str(_resolve(variables[ref[4:]], variables, target))
+        known = {"bundle.target": target, "bundle.name": "p300-pipeline",
+                 "workspace.current_user.userName": BUNDLE_USER}
+        assert ref in known, f"unexpected reference ${{{ref}}}"
+        return known[ref]
+
+    return re.sub(r"\$\{([\w.]+)\}", one, value)
+
+
+def _variables(root: dict[str, Any], target: str) -> dict[str, Any]:
+    values = {name: spec["default"] for name, spec in root["variables"].items()}
+    values.update(root["targets"][target].get("variables", {}))
+    return values
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> dict[str, Any]:
+    """Build the wheel from a copy of the working tree; its name, entry points and file list."""
+    src = tmp_path_factory.mktemp("src")
+    for name in ("setup.py", "requirements.txt", "README.md", "MANIFEST.in"):
+        shutil.copy2(REPO / name, src / name)
+    for folder in ("pipeline", "udfs", "conf"):
+        shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "bdist_wheel", "-d", "dist"], cwd=src,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (whl,) = (src / "dist").glob("*.whl")
+    with zipfile.ZipFile(whl) as zf:
+        names = zf.namelist()
+        dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+        meta = zf.read(f"{dist_info}/METADATA").decode()
+        parser = configparser.ConfigParser(delimiters=("=",))
+        parser.optionxform = str  # entry point names are case sensitive
+        parser.read_string(zf.read(f"{dist_info}/entry_points.txt").decode())
+    name = re.search(r"^Name: (.+)$", meta, re.M).group(1).strip()
+    points = {ep: target.strip() for ep, target in parser["console_scripts"].items()}
+    return {"path": whl, "name": name, "console_scripts": points, "files": names}
+
+
+def test_every_task_names_the_wheel_and_one_of_its_entry_points(wheel):
+    _, bundle_jobs = _bundle()
+    assert bundle_jobs, "no jobs found under resources/"
+    for key, (path, job) in bundle_jobs.items():
+        for task in job["tasks"]:
+            where = f"{path.name}: task {task['task_key']}"
+            wt = task["python_wheel_task"]
+            assert wt["package_name"] == wheel["name"], where
+            assert wt["entry_point"] in wheel["console_scripts"], f"{where}: {wt['entry_point']} not in the wheel"
+            module, func = wheel["console_scripts"][wt["entry_point"]].split(":")
+            assert callable(getattr(__import__(module, fromlist=[func]), func)), where
+    # the wheel carries what the entry points and `--conf databricks.yaml` need
+    assert {"pipeline/jobs.py", "pipeline/driver.py", "pipeline/conf/databricks.yaml"} <= set(wheel["files"])
+    assert {k: v for k, v in wheel["console_scripts"].items() if k in jobs.ENTRY_POINTS} == jobs.ENTRY_POINTS
+
+
+def test_bundle_jobs_are_the_jobs_of_p300_job():
+    root, bundle_jobs = _bundle()
+    assert set(bundle_jobs) == set(jobs.JOBS)
+    for key in jobs.JOBS:  # `p300 job` accepts exactly these names
+        assert build_parser().parse_args(["job", key]).name == key
+    artifact = root["artifacts"]["p300_wheel"]
+    assert artifact["type"] == "whl"
+    for key, (path, job) in bundle_jobs.items():
+        assert path.name == f"{key}.yml", "one file per job, named for it"
+        declared = {p["name"]: p["default"] for p in job.get("parameters", [])}
+        assert declared == jobs.JOB_PARAMETERS[key]
+        refs = {name: f"{{{{job.parameters.{name}}}}}" for name in declared}
+        clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job["job_clusters"]}
+        previous = None
+        assert [t["task_key"] for t in job["tasks"]] == [t.key for t in jobs.JOBS[key]]
+        for task, expected in zip(job["tasks"], jobs.JOBS[key]):
+            assert task["python_wheel_task"]["entry_point"] == expected.entry_point
+            assert task["python_wheel_task"]["parameters"] == ["--conf", "databricks.yaml", *expected.argv(refs)]
+            deps = [d["task_key"] for d in task.get("depends_on", [])]
+            assert deps == ([previous] if previous else []), f"{key}: tasks must run in order"
+            assert clusters[task["job_cluster_key"]] == "${var.job_cluster}"
+            assert task["libraries"] == [{"whl": "../dist/*.whl"}]
+            previous = task["task_key"]
+
+
+@pytest.mark.parametrize("target", ["dev", "prod"])
+def test_targets_resolve_to_a_valid_configuration_on_an_ml_runtime(target):
+    root, bundle_jobs = _bundle()
+    assert root["targets"]["dev"].get("default") is True
+    assert root["targets"][target]["mode"] == {"dev": "development", "prod": "production"}[target]
+    cluster = _resolve("${var.job_cluster}", _variables(root, target), target)
+    assert "-ml-" in cluster["spark_version"], "tasks need a Databricks Runtime for ML"
+    assert int(cluster["num_workers"]) >= 1 and cluster["node_type_id"]
+    env = {k: str(v) for k, v in cluster["spark_env_vars"].items()}
+    cfg = load_config("databricks.yaml", env=env)
+    assert cfg.root == env["P300_ROOT"] and cfg.serving.backend == "databricks" and cfg.spark.master is None
+    for table in ("raw_eeg", "ingest_log", "features", "preprocess_log", "predictions"):
+        name = env[f"P300__STORAGE__TABLES__{table.upper()}"]
+        assert cfg.table(table) == (name if target == "prod" else f"{cfg.root}/delta/{name}")
+    assert cfg.registry.model_name == env["P300__REGISTRY__MODEL_NAME"]
+    assert cfg.registry.experiment.startswith("/") and cfg.evaluation.experiment.startswith("/")
+    if target == "prod":
+        assert cfg.registry.registry_uri == "databricks-uc" and cfg.registry.model_name.count(".") == 2
+
+
+@pytest.mark.parametrize("job", list(jobs.JOBS))
+def test_task_parameters_parse_with_the_command_line(job):
+    _, bundle_jobs = _bundle()
+    _, spec = bundle_jobs[job]
+    choices = {"target": ["champion", "challenger", "both"]}
+    for task, expected in zip(spec["tasks"], jobs.JOBS[job]):
+        params = task["python_wheel_task"]["parameters"]
+        for value in choices["target"] if "{{job.parameters.target}}" in params else [None]:
+            argv = [p.replace("{{job.parameters.target}}", value or "") for p in params]
+            globals_, rest = jobs.split_global_options(argv)
+            args = build_parser().parse_args([*globals_, expected.command, *rest])
+            assert args.command == expected.command and args.conf == "databricks.yaml"
+            if value:
+                assert args.target == value
+
+
+# ---- entry points ----------------------------------------------------------------------------------
+
+def test_global_options_are_found_anywhere_in_a_task_command_line():
+    argv = ["--target", "both", "--root", "/r", "--set", "a.b=1", "--batch-size", "8", "-q", "--conf=x.yaml"]
+    globals_, rest = jobs.split_global_options(argv)
+    assert globals_ == ["--root", "/r", "--set", "a.b=1", "-q", "--conf=x.yaml"]
+    assert rest == ["--target", "both", "--batch-size", "8"]
+    ns = jobs.parse_global_options(argv)
+    assert (ns.root, ns.overrides, ns.quiet, ns.conf) == ("/r", ["a.b=1"], True, "x.yaml")
+
+
+def test_installed_entry_point_parses_sys_argv_like_a_wheel_task(root, monkeypatch, capsys):
+    """Look the entry point up as Databricks does, call it without arguments, parameters in sys.argv."""
+    (ep,) = [e for e in metadata.distribution("p300-pipeline").entry_points if e.name == "p300-evaluate"]
+    monkeypatch.setattr(sys, "argv", ["p300-pipeline", "--root", str(root), "--target", "nobody"])
+    with pytest.raises(SystemExit) as exc:
+        ep.load()()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: p300" in err and "--target" in err and "'nobody'" in err
+
+
+def test_task_arguments_carry_the_job_parameter_and_the_global_options():
+    job_args = build_parser().parse_args(["--root", "/r", "-q", "job", "evaluate_model", "--target", "both"])
+    (task,) = jobs.JOBS["evaluate_model"]
+    args = jobs.task_arguments(task, job_args, {"target": job_args.target})
+    assert (args.command, args.target, args.root, args.quiet) == ("evaluate", "both", "/r", True)
+    assert args.batch_size is None  # the command's own defaults, as `p300 evaluate` would have them
+
+
+# ---- p300 job ------------------------------------------------------------------------------------
+
+def test_job_stops_at_the_first_failed_task_with_its_error(root, capsys):
+    # a real train on an empty root refuses (no features table): deploy must not run
+    code = run(["--root", str(root), "--set", "spark.master=local[2]", "job", "train_and_deploy_challenger"],
+               environ={})
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "features" in err and "task train failed" in err and "not run: deploy" in err
+    assert "task deploy" not in err.replace("not run: deploy", "")
+    assert not (root / "serving").exists()
+
+
+def test_job_reports_an_exception_in_a_task_and_stops(cfg, monkeypatch, capsys):
+    import pipeline.train as train_module
+
+    def broken(cfg, args, rep):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(train_module, "main", broken)
+    args = build_parser().parse_args(["job", "train_and_deploy_challenger"])
+    from pipeline.report import Reporter
+
+    assert jobs.main(cfg, args, Reporter()) == 1
+    err = capsys.readouterr().err
+    assert "task train failed (RuntimeError: disk on fire); not run: deploy" in err
