@@ -29,6 +29,7 @@ from typing import Mapping, Sequence
 from urllib.parse import urlparse
 
 from pipeline.config import Config, ConfigError, load_config
+from pipeline.driver import CODE_ARCHIVE_PREFIX
 from pipeline.spark import spark_conf_pairs
 
 __all__ = ["spark_home", "is_loopback_master", "submit_command", "submit_env", "code_archive", "main"]
@@ -77,7 +78,7 @@ def code_archive(dest_dir: str | os.PathLike[str] | None = None) -> Path:
     data = buf.getvalue()
     dest = Path(dest_dir or tempfile.gettempdir())
     dest.mkdir(parents=True, exist_ok=True)
-    target = dest / f"p300-code-{hashlib.sha256(data).hexdigest()[:12]}.zip"
+    target = dest / f"{CODE_ARCHIVE_PREFIX}{hashlib.sha256(data).hexdigest()[:12]}.zip"
     if not target.exists():
         tmp = target.with_suffix(".tmp")
         tmp.write_bytes(data)

@@ -228,3 +228,55 @@ def test_job_reports_an_exception_in_a_task_and_stops(cfg, monkeypatch, capsys):
     assert jobs.main(cfg, args, Reporter()) == 1
     err = capsys.readouterr().err
     assert "task train failed (RuntimeError: disk on fire); not run: deploy" in err
+
+
+# ---- spark-submit ---------------------------------------------------------------------------------
+
+def _printed(capsys, argv: list[str]) -> list[str]:
+    import shlex
+
+    from pipeline import submit
+
+    assert submit.main(argv) == 0
+    return shlex.split(capsys.readouterr().out.strip())
+
+
+def test_submit_prints_spark_submit_with_delta_for_a_cluster(capsys, monkeypatch):
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    cmd = _printed(capsys, ["--print", "--master", "spark://10.1.2.3:7077", "--spark-conf", "spark.executor.memory=2g",
+                            "--", "--root", "/shared/p300", "job", "ingest_and_preprocess"])
+    assert Path(cmd[0]).name == "spark-submit" and Path(cmd[0]).exists()
+    assert cmd[cmd.index("--master") + 1] == "spark://10.1.2.3:7077"
+    confs = dict(c.split("=", 1) for c in (cmd[i + 1] for i, a in enumerate(cmd) if a == "--conf"))
+    assert confs["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+    assert confs["spark.sql.catalog.spark_catalog"] == "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+    assert confs["spark.pyspark.python"] == sys.executable and confs["spark.executor.memory"] == "2g"
+    assert "spark.driver.host" not in confs  # executors on other hosts must reach the driver
+    jars = cmd[cmd.index("--jars") + 1].split(",") if "--jars" in cmd else []
+    packages = cmd[cmd.index("--packages") + 1] if "--packages" in cmd else ""
+    assert any("delta-spark_" in j and Path(j).exists() for j in jars) or packages.startswith("io.delta:delta-spark_")
+    app = cmd.index(next(a for a in cmd if a.endswith("driver.py")))
+    assert cmd[app:] == [str(REPO / "pipeline" / "driver.py"), "--root", "/shared/p300", "job", "ingest_and_preprocess"]
+
+
+def test_submit_on_local_binds_the_driver_to_loopback(capsys):
+    cmd = _printed(capsys, ["--print", "--master", "local[2]", "--", "-q", "ingest"])
+    assert "spark.driver.host=127.0.0.1" in cmd and "spark.driver.bindAddress=127.0.0.1" in cmd
+
+
+def test_submit_needs_the_p300_command_after_a_double_dash(capsys):
+    from pipeline import submit
+
+    with pytest.raises(SystemExit) as exc:
+        submit.main(["--master", "local[2]", "ingest"])
+    assert exc.value.code == 2 and "after `--`" in capsys.readouterr().err
+
+
+def test_shipped_code_archive_holds_the_packages_and_their_conf(tmp_path):
+    from pipeline.submit import code_archive
+
+    path = code_archive(tmp_path)
+    assert path.name.startswith("p300-code-") and code_archive(tmp_path) == path  # same content, same file
+    names = set(zipfile.ZipFile(path).namelist())
+    assert {"pipeline/__init__.py", "pipeline/cli.py", "udfs/__init__.py", "pipeline/conf/pipeline.yaml",
+            "pipeline/conf/databricks.yaml"} <= names
