@@ -6,12 +6,19 @@ same calls work locally, on DBFS and with Unity Catalog.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
 
 from pipeline.config import Config
 
-__all__ = ["is_catalog_name", "delta_table", "table_exists", "table_version", "read_table"]
+__all__ = [
+    "is_catalog_name", "delta_table", "table_exists", "table_version", "read_table", "create_table", "save",
+    "FileInfo", "list_files", "path_exists", "make_dirs", "move_file", "read_range", "file_info",
+]
 
 
 def is_catalog_name(location: str) -> bool:
@@ -44,3 +51,108 @@ def read_table(spark: SparkSession, cfg: Config, name: str, version: int | None 
     if version is not None:
         reader = reader.option("versionAsOf", int(version))
     return reader.table(location) if is_catalog_name(location) else reader.load(location)
+
+
+def create_table(spark: SparkSession, cfg: Config, name: str, schema: T.StructType,
+                 partition_by: Sequence[str] = (), properties: Mapping[str, str] | None = None) -> bool:
+    """Create a Delta table (path or catalog name) if it does not exist; True when created."""
+    if table_exists(spark, cfg, name):
+        return False
+    location = cfg.table(name)
+    builder = DeltaTable.createIfNotExists(spark)
+    builder = builder.tableName(location) if is_catalog_name(location) else builder.location(location)
+    builder = builder.addColumns(schema)
+    if partition_by:
+        builder = builder.partitionedBy(*partition_by)
+    for key, value in (properties or {}).items():
+        builder = builder.property(key, value)
+    builder.execute()
+    return True
+
+
+def save(writer: Any, cfg: Config, name: str) -> None:
+    """Run a DataFrameWriter against a table by logical name (path or catalog name)."""
+    location = cfg.table(name)
+    if is_catalog_name(location):
+        writer.saveAsTable(location)
+    else:
+        writer.save(location)
+
+
+# ---- files, through Hadoop's FileSystem API (local paths, dbfs:/, abfss:/, s3a:/ alike) ----
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One directory entry; ``path`` is fully qualified (file:/..., dbfs:/...)."""
+
+    path: str
+    name: str
+    size: int
+    mtime_ms: int
+    is_dir: bool
+
+
+def _hadoop(spark: SparkSession, path: str) -> tuple[Any, Any]:
+    hpath = spark._jvm.org.apache.hadoop.fs.Path(path)
+    return hpath.getFileSystem(spark._jsc.hadoopConfiguration()), hpath
+
+
+def _info(status: Any) -> FileInfo:
+    p = status.getPath()
+    return FileInfo(p.toString(), p.getName(), int(status.getLen()), int(status.getModificationTime()),
+                    bool(status.isDirectory()))
+
+
+def path_exists(spark: SparkSession, path: str) -> bool:
+    fs, hpath = _hadoop(spark, path)
+    return bool(fs.exists(hpath))
+
+
+def file_info(spark: SparkSession, path: str) -> FileInfo | None:
+    fs, hpath = _hadoop(spark, path)
+    return _info(fs.getFileStatus(hpath)) if fs.exists(hpath) else None
+
+
+def list_files(spark: SparkSession, directory: str) -> list[FileInfo]:
+    """Entries of a directory sorted by name; [] when it does not exist."""
+    fs, hpath = _hadoop(spark, directory)
+    if not fs.exists(hpath):
+        return []
+    return sorted((_info(st) for st in fs.listStatus(hpath)), key=lambda f: f.name)
+
+
+def make_dirs(spark: SparkSession, path: str) -> None:
+    fs, hpath = _hadoop(spark, path)
+    if not fs.mkdirs(hpath) and not fs.isDirectory(hpath):
+        raise OSError(f"could not create directory {path}")
+
+
+def move_file(spark: SparkSession, src: str, dst: str) -> None:
+    """Rename src to dst (same file system); never overwrites an existing dst."""
+    fs, hsrc = _hadoop(spark, src)
+    _, hdst = _hadoop(spark, dst)
+    if fs.exists(hdst):
+        raise FileExistsError(f"cannot move {src}: {dst} already exists")
+    if not fs.exists(hsrc):
+        raise FileNotFoundError(f"cannot move {src}: it does not exist")
+    parent = hdst.getParent()
+    if parent is not None and not fs.exists(parent):
+        fs.mkdirs(parent)
+    if not fs.rename(hsrc, hdst):
+        raise OSError(f"could not move {src} to {dst}")
+
+
+def read_range(spark: SparkSession, path: str, offset: int, length: int) -> bytes:
+    """``length`` bytes at ``offset`` (negative: from the end), e.g. a Parquet footer."""
+    fs, hpath = _hadoop(spark, path)
+    size = int(fs.getFileStatus(hpath).getLen())
+    start = size + offset if offset < 0 else offset
+    if start < 0 or length < 0 or start + length > size:
+        raise EOFError(f"{path}: cannot read {length} bytes at {offset} of a {size}-byte file")
+    stream = fs.open(hpath)
+    try:
+        stream.seek(start)
+        data = stream.readNBytes(int(length))
+    finally:
+        stream.close()
+    return bytes(data or b"")

@@ -1,0 +1,270 @@
+"""`p300 preprocess`: subjects in raw_eeg -> the features table, one applyInPandas over all of them.
+
+Pending subjects are those whose current raw data (identified by the ingest id every
+raw_eeg row carries) has no preprocess_log entry yet: new subjects, and subjects whose
+raw data was replaced since. ``--reprocess`` recomputes the given subjects (all when
+none are given) regardless. The whole batch is ONE Spark job:
+
+    raw_eeg @ version v  (pending subjects only, partition-pruned)
+      -> repartition(n, subject_id)      (n chosen so that no two subjects share a task)
+      -> groupBy(subject_id).applyInPandas(udfs.preprocess.run_subject)
+      -> features: overwrite replaceWhere subject_id IN (pending)   (ONE atomic commit)
+
+Each subject's status (ok / empty / failed, with the reason and counts) comes back to
+the driver through an accumulator, so a failing subject never fails the job and the
+others' features are still written; then one preprocess_log commit records every
+subject with the raw table version ``v`` and the features version it produced. A crash
+before that log commit only means the next run recomputes those subjects, and the
+replaceWhere overwrite replaces their rows instead of duplicating them.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterator, Sequence
+
+import pandas as pd
+from pyspark.accumulators import AccumulatorParam
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from pipeline import storage
+from pipeline.config import Config
+from pipeline.ingest import raw_subject_state
+from pipeline.report import Reporter
+from udfs.preprocess import PreprocessError, Settings, channel_columns, empty_features, run_subject
+
+__all__ = ["FEATURES_SCHEMA", "PREPROCESS_LOG_SCHEMA", "FEATURES_TABLE_PROPERTIES", "PreprocessSummary",
+           "preprocess", "pending_subjects", "spark_partition_hash", "balanced_partitions", "main"]
+
+FEATURES_SCHEMA = T.StructType([
+    T.StructField("subject_id", T.IntegerType(), False),
+    T.StructField("epoch_idx", T.IntegerType(), False),
+    T.StructField("event_sample", T.LongType(), False),
+    T.StructField("label", T.IntegerType(), False),
+    T.StructField("features", T.ArrayType(T.FloatType(), False), False),
+])
+
+PREPROCESS_LOG_SCHEMA = T.StructType([
+    T.StructField("subject_id", T.IntegerType(), False),
+    T.StructField("status", T.StringType(), False),        # ok | empty | failed
+    T.StructField("reason", T.StringType(), True),
+    T.StructField("n_samples", T.LongType(), True),
+    T.StructField("n_channels", T.IntegerType(), True),
+    T.StructField("sfreq", T.DoubleType(), True),
+    T.StructField("n_events", T.IntegerType(), True),
+    T.StructField("n_out_of_bounds", T.IntegerType(), True),
+    T.StructField("n_rejected", T.IntegerType(), True),
+    T.StructField("n_epochs", T.IntegerType(), False),
+    T.StructField("ingest_id", T.StringType(), False),
+    T.StructField("raw_version", T.LongType(), False),
+    T.StructField("features_version", T.LongType(), True),
+    T.StructField("seconds", T.DoubleType(), True),
+    T.StructField("run_id", T.StringType(), False),
+    T.StructField("time", T.TimestampType(), False),
+])
+
+# No statistics on the array column (they cannot skip anything and cost write time).
+FEATURES_TABLE_PROPERTIES = {"delta.dataSkippingStatsColumns": "epoch_idx,event_sample,label"}
+
+# Per-job Spark settings: whole subjects per Arrow batch (fewer, larger batches).
+JOB_CONF = {"spark.sql.execution.arrow.maxRecordsPerBatch": "1000000"}
+
+
+class _ListParam(AccumulatorParam):
+    def zero(self, value: list) -> list:
+        return []
+
+    def addInPlace(self, a: list, b: list) -> list:
+        a.extend(b)
+        return a
+
+
+@dataclass
+class PreprocessSummary:
+    run_id: str
+    raw_version: int | None
+    features_version: int | None
+    log: list[dict[str, Any]]
+    up_to_date: int = 0
+
+    def count(self, status: str) -> int:
+        return sum(r["status"] == status for r in self.log)
+
+
+# ---- which subjects, and how to spread them over tasks ------------------------------------------
+
+def _latest_log(spark: SparkSession, cfg: Config) -> dict[int, dict[str, Any]]:
+    if not storage.table_exists(spark, cfg, "preprocess_log"):
+        return {}
+    rows = storage.read_table(spark, cfg, "preprocess_log").select("subject_id", "ingest_id", "status", "time").collect()
+    latest: dict[int, dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: r.time):
+        latest[int(r.subject_id)] = r.asDict()
+    return latest
+
+
+def pending_subjects(current: dict[int, tuple[str, float]], done: dict[int, dict[str, Any]],
+                     subjects: Sequence[int] | None = None, reprocess: bool = False) -> list[int]:
+    """Subjects whose current raw data has not been preprocessed (or all requested, with reprocess)."""
+    chosen = [s for s in current if subjects is None or s in set(subjects)]
+    if reprocess:
+        return sorted(chosen)
+    return sorted(s for s in chosen if s not in done or done[s]["ingest_id"] != current[s][0])
+
+
+def _rotl(x: int, r: int) -> int:
+    return ((x << r) | (x >> (32 - r))) & 0xFFFFFFFF
+
+
+def spark_partition_hash(value: int, seed: int = 42) -> int:
+    """Spark's Murmur3 hash of an int column (the ``hash()`` SQL function, HashPartitioning)."""
+    k1 = (value & 0xFFFFFFFF) * 0xCC9E2D51 & 0xFFFFFFFF
+    k1 = _rotl(k1, 15) * 0x1B873593 & 0xFFFFFFFF
+    h1 = seed ^ k1
+    h1 = (_rotl(h1, 13) * 5 + 0xE6546B64) & 0xFFFFFFFF
+    h1 ^= 4
+    h1 ^= h1 >> 16
+    h1 = h1 * 0x85EBCA6B & 0xFFFFFFFF
+    h1 ^= h1 >> 13
+    h1 = h1 * 0xC2B2AE35 & 0xFFFFFFFF
+    h1 ^= h1 >> 16
+    return h1 - (1 << 32) if h1 & 0x80000000 else h1
+
+
+def balanced_partitions(subjects: Sequence[int]) -> int:
+    """The smallest partition count >= len(subjects) under which no two subjects share a partition.
+
+    One subject per task lets the scheduler keep every core busy until the last subject;
+    with plain hash partitioning two subjects often land in one task and run one after
+    the other while a core idles."""
+    k = max(len(subjects), 1)
+    for n in range(k, 4 * k + 64):
+        if len({spark_partition_hash(s) % n for s in subjects}) == k:
+            return n
+    return k
+
+
+@contextmanager
+def _session_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
+    previous = {k: spark.conf.get(k, None) for k in conf}
+    for k, v in conf.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
+
+
+# ---- the job ------------------------------------------------------------------------------------
+
+def _subject_function(base: Settings, info: dict[int, tuple[str, float]], acc: Any):
+    """The function applyInPandas runs per subject: never raises, reports its status."""
+    def apply(raw: pd.DataFrame) -> pd.DataFrame:
+        sid = int(raw["subject_id"].iloc[0])
+        ingest_id, sfreq = info[sid]
+        t0 = time.perf_counter()
+        status: dict[str, Any] = {"subject_id": sid, "ingest_id": ingest_id, "sfreq": sfreq,
+                                  "n_samples": int(len(raw)), "n_epochs": 0}
+        out = empty_features()
+        try:
+            res = run_subject(raw, base.with_sfreq(sfreq))
+            out = res.features
+            status.update(status="ok", reason=None, n_channels=res.n_channels, n_events=res.n_events,
+                          n_out_of_bounds=res.n_out_of_bounds, n_rejected=res.n_rejected, n_epochs=res.n_epochs)
+        except PreprocessError as exc:
+            status.update(status=exc.status, reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - isolate the subject, keep the job going
+            status.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
+        status["seconds"] = time.perf_counter() - t0
+        acc.add([status])
+        return out
+    return apply
+
+
+def preprocess(spark: SparkSession, cfg: Config, subjects: Sequence[int] | None = None, reprocess: bool = False,
+               rep: Reporter | None = None) -> PreprocessSummary:
+    """Preprocess the pending subjects in one applyInPandas and one features commit."""
+    rep = rep or Reporter(quiet=True)
+    run_id = uuid.uuid4().hex[:12]
+    raw_version = storage.table_version(spark, cfg, "raw_eeg")
+    if raw_version is None:
+        rep.info("raw_eeg does not exist yet: run `p300 ingest` first")
+        return PreprocessSummary(run_id, None, storage.table_version(spark, cfg, "features"), [])
+    current = raw_subject_state(spark, cfg, raw_version)
+    if subjects is not None:
+        unknown = sorted(set(subjects) - set(current))
+        if unknown:
+            rep.warn(f"not in raw_eeg, skipped: subjects {', '.join(map(str, unknown))}")
+    done = _latest_log(spark, cfg)
+    pending = pending_subjects(current, done, subjects, reprocess)
+    if not pending:
+        rep.info(f"nothing to preprocess: {len(current)} subject(s) in raw_eeg v{raw_version} are up to date")
+        return PreprocessSummary(run_id, raw_version, storage.table_version(spark, cfg, "features"), [],
+                                 up_to_date=len(current))
+    info = {s: current[s] for s in pending}
+    rep.info(f"preprocessing {len(pending)} subject(s) from raw_eeg v{raw_version}: "
+             f"{', '.join(map(str, pending[:20]))}{' ...' if len(pending) > 20 else ''}")
+
+    raw = storage.read_table(spark, cfg, "raw_eeg", raw_version)
+    chans = channel_columns(raw.columns, cfg.signal.channel_prefix)
+    n_parts = balanced_partitions(pending)
+    acc = spark.sparkContext.accumulator([], _ListParam())
+    base = Settings.from_config(cfg)
+    features = (raw.where(F.col("subject_id").isin(pending))
+                .select("subject_id", "sample_idx", *chans, cfg.signal.stim_column)
+                .repartition(n_parts, "subject_id")
+                .groupBy("subject_id")
+                .applyInPandas(_subject_function(base, info, acc), FEATURES_SCHEMA))
+    storage.create_table(spark, cfg, "features", FEATURES_SCHEMA, ["subject_id"], FEATURES_TABLE_PROPERTIES)
+    meta = {"op": "p300 preprocess", "run_id": run_id, "raw_version": raw_version, "subjects": pending}
+    writer = (features.write.format("delta").mode("overwrite")
+              .option("replaceWhere", f"subject_id IN ({', '.join(map(str, pending))})")
+              .option("userMetadata", json.dumps(meta)))
+    with rep.stage(f"applyInPandas over {len(pending)} subject(s) -> features"), _session_conf(spark, JOB_CONF):
+        storage.save(writer, cfg, "features")
+    features_version = storage.table_version(spark, cfg, "features")
+
+    reported = {s["subject_id"]: s for s in acc.value}
+    when = datetime.now(timezone.utc).replace(tzinfo=None)
+    log = []
+    for sid in pending:
+        s = reported.get(sid) or {"subject_id": sid, "ingest_id": info[sid][0], "sfreq": info[sid][1],
+                                  "status": "failed", "reason": "no status reported by the task", "n_epochs": 0}
+        log.append({**{f.name: None for f in PREPROCESS_LOG_SCHEMA}, **s, "raw_version": raw_version,
+                    "features_version": features_version, "run_id": run_id, "time": when})
+    storage.create_table(spark, cfg, "preprocess_log", PREPROCESS_LOG_SCHEMA)
+    rows = [tuple(r[f.name] for f in PREPROCESS_LOG_SCHEMA) for r in log]
+    storage.save(spark.createDataFrame(rows, PREPROCESS_LOG_SCHEMA).write.format("delta").mode("append"),
+                 cfg, "preprocess_log")
+    return PreprocessSummary(run_id, raw_version, features_version, log, up_to_date=len(current) - len(pending))
+
+
+def main(cfg: Config, args: Any, rep: Reporter) -> int:
+    """`p300 preprocess [--subjects ..] [--reprocess]`."""
+    from pipeline.spark import get_spark
+
+    try:
+        spark = get_spark(cfg)
+        summary = preprocess(spark, cfg, subjects=getattr(args, "subjects", None),
+                             reprocess=bool(getattr(args, "reprocess", False)), rep=rep)
+    except Exception as exc:  # the job could not run; Delta left the tables as they were
+        rep.warn(f"preprocess failed: {type(exc).__name__}: {exc}")
+        return 1
+    if summary.log:
+        rep.table([(r["subject_id"], r["status"], r["n_epochs"], r.get("n_rejected"), r.get("n_events"),
+                    r["sfreq"], r["reason"] or "") for r in summary.log],
+                  ["subject", "status", "epochs", "rejected", "events", "sfreq", "reason"])
+    rep.result(f"preprocess: {summary.count('ok')} ok, {summary.count('empty')} empty, "
+               f"{summary.count('failed')} failed, {summary.up_to_date} already up to date; "
+               f"features version {summary.features_version} from raw_eeg version {summary.raw_version}")
+    return 0
