@@ -98,8 +98,9 @@ class TrainResult:
     features_version: int
     metrics: dict[str, float]
     reused: bool = False
-    alias_set: bool = False
-    stage_set: bool = False
+    alias_set: bool = False  # this call moved alias challenger to the version
+    stage_set: bool = False  # this call moved the version to stage Staging
+    aliases: list[str] = field(default_factory=list)  # the version's aliases afterwards
 
 
 # ---- subject selection (pure) ---------------------------------------------------------
@@ -356,6 +357,19 @@ def _figures(cfg: Config, data: TrainingData, cv: CVResult) -> Iterator[tuple[st
         data.y, cv.oof_pred, labels=(nontarget, target), title="Confusion matrix (cross-validated)")
 
 
+def _dataset(table: str, version: int, digest: str) -> Any:
+    """The features table at its version as an MLflow dataset (lineage in the UI); metadata
+    only, so nothing is computed on Spark."""
+    from mlflow.data.delta_dataset_source import DeltaDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from pipeline.storage import is_catalog_name
+
+    source = (DeltaDatasetSource(delta_table_name=table, delta_table_version=version) if is_catalog_name(table)
+              else DeltaDatasetSource(path=table, delta_table_version=version))
+    return MetaDataset(source, name=f"{FEATURES}@v{version}", digest=digest[:16])
+
+
 def _pip_requirements() -> list[str]:
     """Pinned from this environment: no slow requirement inference, same versions when served."""
     import cloudpickle
@@ -384,9 +398,10 @@ def _reuse(client: Any, cfg: Config, fp: str, alias: bool, rep: Reporter) -> Tra
         reg.set_alias(client, cfg, reg.CHALLENGER, mv.version)
         stage_set = reg.set_stage(client, cfg, mv.version, "Staging")
         alias_set = True
+    aliases = sorted(set(lineage.aliases) | ({reg.CHALLENGER} if alias_set else set()))
     return TrainResult(version=str(mv.version), run_id=mv.run_id, subjects=lineage.training_subjects,
                        features_version=int(lineage.features_version or 0), metrics=lineage.metrics, reused=True,
-                       alias_set=alias_set, stage_set=stage_set)
+                       alias_set=alias_set, stage_set=stage_set, aliases=aliases)
 
 
 def train(
@@ -466,6 +481,8 @@ def train(
             mlflow.log_params({**flatten_config(cfg), **lineage, "n_subjects": len(chosen), "n_epochs": n,
                                "n_target": n_target, "cv_scheme": cv.scheme, "cv_splits": cv.n_splits})
             mlflow.set_tags({reg.TAG_FINGERPRINT: fp, "p300.job": "train"})
+            mlflow.log_input(_dataset(data.table, version, fp), context="training",
+                             tags={reg.PARAM_TRAINING_SUBJECTS: subjects_text})
             mlflow.log_metrics({**cv.metrics, **train_scores, "cv_seconds": cv_seconds, "fit_seconds": fit_seconds})
             for fold in cv.folds:
                 mlflow.log_metrics({f"fold_{k}": v for k, v in fold.items() if k in ("roc_auc", "balanced_accuracy",
@@ -494,7 +511,7 @@ def train(
         stage_set = reg.set_stage(client, cfg, mv_version, "Staging")
     return TrainResult(version=mv_version, run_id=run.info.run_id, subjects=chosen, features_version=version,
                        metrics={**cv.metrics, **train_scores, "cv_seconds": cv_seconds, "fit_seconds": fit_seconds},
-                       alias_set=alias_set, stage_set=stage_set)
+                       alias_set=alias_set, stage_set=stage_set, aliases=[reg.CHALLENGER] if alias_set else [])
 
 
 def main(cfg: Config, args: Any, rep: Reporter) -> int:
@@ -511,8 +528,8 @@ def main(cfg: Config, args: Any, rep: Reporter) -> int:
         rep.warn(f"train refused, nothing registered: {exc}")
         return exc.exit_code
     name = cfg.registry.model_name
-    where = ("alias challenger" + (", stage Staging" if result.stage_set else "")) if result.alias_set else \
-        "no alias moved"
+    where = ", ".join([f"alias {a}" for a in result.aliases] + (["stage Staging"] if result.stage_set else [])) \
+        or "no alias"
     verb = "already registered" if result.reused else "registered"
     rep.table([[k, result.metrics[k]] for k in ("cv_roc_auc", "cv_balanced_accuracy", "cv_f1_target")
                if k in result.metrics], ["metric", "value"])
