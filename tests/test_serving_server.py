@@ -31,7 +31,13 @@ from pipeline import serving as sv
 from pipeline.cli import run
 from pipeline.config import ConfigError
 from pipeline.report import Reporter
-from serving_fixtures import register_gated_version, register_p300_version, running_server, synthetic_epochs
+from serving_fixtures import (
+    for_endpoint,
+    register_gated_version,
+    register_p300_version,
+    running_server,
+    synthetic_epochs,
+)
 
 N = 12  # features per epoch
 WAIT = timedelta(seconds=120)
@@ -313,23 +319,18 @@ def test_hot_swap_under_load_fails_no_request(env):
     assert len(seen) > 30
 
 
-def test_a_restarted_server_restores_its_endpoints(env, tmp_path):
-    # a second root sharing the registry: its own server, stopped and started again
-    cfg = make_config(tmp_path / "other", **{"registry.tracking_uri": env.cfg.tracking_uri})
-    with running_server(cfg):
-        sv.workspace_client(cfg).serving_endpoints.create(name="kept", config=EndpointCoreConfigInput(
-            name="kept", served_entities=entities(cfg, champion=env.v1, challenger=env.v2),
-            traffic_config=traffic(champion=100, challenger=0))).result(timeout=WAIT)
-    assert sv.server_info(cfg) is None
-    assert (cfg.serving_dir / "endpoints.json").exists()
-    with running_server(cfg) as info:
-        ws = sv.workspace_client(cfg)
-        ep = sv.wait_until_not_updating(ws, "kept", 120)
-        assert ep.state.ready == EndpointStateReady.READY
-        assert sv.served_versions(ep) == {"champion": env.v1, "challenger": env.v2}
-        assert sv.traffic_routes(ep) == {"champion": 100, "challenger": 0}
-        resp = httpx.post(f"{info.url}/serving-endpoints/kept/invocations", json={"inputs": [[0.0] * N]})
-        assert resp.status_code == 200 and resp.headers["x-served-version"] == env.v1
+def test_a_restarted_server_restores_its_endpoints(env):
+    old_pid = env.info.pid
+    assert sv.stop_local_server(env.cfg) == old_pid
+    assert sv.server_info(env.cfg) is None
+    assert (env.cfg.serving_dir / "endpoints.json").exists()
+    env.info = sv.start_local_server(env.cfg)  # the module's server from here on
+    assert env.info.pid != old_pid
+    ep = sv.wait_until_ready(env.ws, for_endpoint(env.cfg, "ep"), 120)  # the models load again in the background
+    assert sv.served_versions(ep) == {"champion": env.v1, "challenger": env.v2}
+    assert sv.traffic_routes(ep) == {"champion": 100, "challenger": 0}
+    resp = httpx.post(env.url("ep"), json={"inputs": [[0.0] * N]})
+    assert resp.status_code == 200 and resp.headers["x-served-version"] == env.v1
 
 
 def test_one_server_per_root(env):
@@ -356,8 +357,7 @@ def test_auth_on_checks_the_bearer_token_on_every_route(env, tmp_path):
         ws = sv.workspace_client(cfg)  # token read from <root>/serving/server.json
         ws.serving_endpoints.create(name="guarded", config=EndpointCoreConfigInput(
             name="guarded", served_entities=entities(cfg, challenger=env.v1))).result(timeout=WAIT)
-        url = sv.invocation_url(ws, cfg.model_copy(update={"serving": cfg.serving.model_copy(
-            update={"endpoint_name": "guarded"})}), "challenger")
+        url = sv.invocation_url(ws, for_endpoint(cfg, "guarded"), "challenger")
         body = {"inputs": [[0.0] * N]}
         assert httpx.post(url, json=body, headers=sv.auth_headers(ws)).status_code == 200
         for method, path in [("GET", "/health"), ("GET", "/api/2.0/serving-endpoints"),
