@@ -69,6 +69,11 @@ def main(cfg: Config, args: argparse.Namespace, rep: Reporter) -> int:
         return 0
     info = serving.server_info(cfg)
     if info is None:
+        recorded = serving.recorded_server(cfg)
+        if recorded is not None:
+            rep.result(f"not answering: pid {recorded.pid} is alive but {recorded.url}/health does not answer "
+                       f"(`p300 endpoint stop` stops it)")
+            return 1
         rep.result(f"not running (root {cfg.root})")
         return 0
     rep.result(f"running: pid {info.pid}, {info.url}, bound to {info.host}, auth {'on' if info.token else 'off'}")

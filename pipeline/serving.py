@@ -22,14 +22,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from pipeline.config import Config, ConfigError
-from pipeline.registry import CHALLENGER, CHAMPION
+from pipeline.config import Config
 from pipeline.report import Reporter
-from pipeline.serving_server import ENDPOINTS_FILE, STATE_FILE
+from pipeline.serving_server import STATE_FILE
 
 if TYPE_CHECKING:
     from databricks.sdk import WorkspaceClient
@@ -42,6 +40,7 @@ __all__ = [
     "ServingError",
     "ServerInfo",
     "server_info",
+    "recorded_server",
     "start_local_server",
     "stop_local_server",
     "workspace_client",
@@ -57,6 +56,10 @@ __all__ = [
     "auth_headers",
 ]
 
+# The registry's alias names (pipeline.registry), repeated here so that the server and
+# `p300 endpoint` do not import MLflow before they need it.
+CHAMPION = "champion"
+CHALLENGER = "challenger"
 SERVED_NAMES = (CHAMPION, CHALLENGER)
 LOCAL_NO_AUTH_TOKEN = "local-no-auth"  # what the SDK sends when the local server has no token (it is not checked)
 SERVER_CONFIG_FILE = "server-config.json"
@@ -116,6 +119,12 @@ def _healthy(info: ServerInfo, timeout_s: float = 3.0) -> bool:
         return resp.status_code == 200 and resp.json().get("pid") == info.pid
     except (httpx.HTTPError, ValueError):
         return False
+
+
+def recorded_server(cfg: Config) -> ServerInfo | None:
+    """The server recorded for this root whose process is alive (answering or not)."""
+    info = _read_state(cfg)
+    return info if info is not None and _pid_alive(info.pid) and _is_our_server(info.pid) else None
 
 
 def server_info(cfg: Config) -> ServerInfo | None:
@@ -201,8 +210,8 @@ def _is_our_server(pid: int) -> bool:
 
 def stop_local_server(cfg: Config, rep: Reporter | None = None, timeout_s: float = 20.0) -> int | None:
     """Stop this root's server by the pid it recorded; the pid stopped, or None when none ran."""
-    info = _read_state(cfg)
-    if info is None or not _pid_alive(info.pid) or not _is_our_server(info.pid):
+    info = recorded_server(cfg)
+    if info is None:
         (cfg.serving_dir / STATE_FILE).unlink(missing_ok=True)
         return None
     if rep:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
+import sys
 import threading
 import time
-from datetime import timedelta
 
 import httpx
 import pytest
@@ -61,6 +63,7 @@ def test_versions_to_serve():
     assert versions_to_serve(None, None) == {}
     assert sv.desired_routes(["champion", "challenger"]) == {"champion": 100, "challenger": 0}
     assert sv.desired_routes(["challenger"]) == {"challenger": 100}
+    assert (sv.CHAMPION, sv.CHALLENGER) == (reg.CHAMPION, reg.CHALLENGER)
 
 
 def test_deploy_creates_then_is_idempotent_then_updates_once(reg_env):
@@ -174,3 +177,25 @@ def test_endpoint_status_and_stop(reg_env):
     assert sv.server_info(cfg) is None
     assert p300(cfg, "endpoint", "status")[1].startswith("not running")
     assert "no serving endpoint server runs" in p300(cfg, "endpoint", "stop")[1]
+
+
+def test_endpoint_serve_runs_in_the_foreground_until_interrupted(tmp_path):
+    root = tmp_path / "fg"
+    cfg = make_config(root)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "--root", str(root), "endpoint", "serve",
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while sv.server_info(cfg) is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        info = sv.server_info(cfg)
+        assert info is not None and info.pid == proc.pid and info.host == "127.0.0.1"
+        assert httpx.get(f"{info.url}/api/2.0/serving-endpoints").json() == {"endpoints": []}
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            sv.stop_pid(proc.pid)
+    assert proc.returncode == 0, err.decode()
+    assert "serving on http://127.0.0.1:" in err.decode() and "stopped" in err.decode()
+    assert not (cfg.serving_dir / "server.json").exists()
