@@ -1,0 +1,133 @@
+"""`p300 preprocess`: one applyInPandas over the pending subjects, failure isolation, reruns."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from chispa import assert_df_equality
+from chispa.schema_comparer import assert_schema_equality
+from pyspark.sql import functions as F
+
+import pipeline.preprocess as pp
+from pipeline import storage
+from pipeline.cli import run
+from pipeline.ingest import ingest
+from pipeline.preprocess import FEATURES_SCHEMA, PREPROCESS_LOG_SCHEMA, balanced_partitions, preprocess, spark_partition_hash
+from pipeline.synth import subject_file_name, synth_subject, write_subject_file
+from udfs.preprocess import Settings, preprocess_subject
+
+SFREQ = 128.0
+
+
+def deliver(cfg, sid: int, sfreq: float = SFREQ, transform=None):
+    frame = synth_subject(sid, minutes=1.0, n_channels=4, sfreq=sfreq, seed=0)
+    if transform is not None:
+        frame = transform(frame)
+    write_subject_file(frame, Path(cfg.landing_dir) / subject_file_name(sid), sfreq)
+    return frame
+
+
+def expected_features(spark, cfg, sid: int, frame, sfreq: float = SFREQ):
+    raw = frame.assign(subject_id=np.int32(sid), sample_idx=np.arange(len(frame), dtype=np.int64))
+    out = preprocess_subject(raw, Settings.from_config(cfg, sfreq))
+    out["features"] = [f.tolist() for f in out["features"]]
+    return spark.createDataFrame(out, FEATURES_SCHEMA)
+
+
+def counts(df) -> dict[int, int]:
+    return {r.subject_id: r["count"] for r in df.groupBy("subject_id").count().collect()}
+
+
+def test_spark_partition_hash_matches_spark(spark):
+    ids = [-5, 0, 1, 2, 3, 17, 123456, 2**31 - 1]
+    got = {r.i: r.h for r in spark.createDataFrame([(i,) for i in ids], "i int")
+           .select("i", F.hash("i").alias("h")).collect()}
+    assert got == {i: spark_partition_hash(i) for i in ids}
+    n = balanced_partitions([1, 2, 3, 4, 5])
+    assert n >= 5 and len({spark_partition_hash(s) % n for s in [1, 2, 3, 4, 5]}) == 5
+
+
+def test_good_subjects_failures_isolated_rerun_and_reprocess(spark, cfg, capsys, monkeypatch):
+    frames = {1: deliver(cfg, 1), 2: deliver(cfg, 2, sfreq=256.0)}
+    deliver(cfg, 3, transform=lambda f: f.assign(**{c: f[c] * 40 for c in f.columns if c.startswith("eeg")}))
+    deliver(cfg, 4, transform=lambda f: f.assign(stim=np.where(np.arange(len(f)) == 5, 2, 0).astype(np.int32)))
+    assert ingest(spark, cfg).count("ingested") == 4
+    # a subject whose raw rows have a hole (written around ingest): the function raises for it
+    holey = (storage.read_table(spark, cfg, "raw_eeg").where("subject_id = 1 and sample_idx != 100")
+             .withColumn("subject_id", F.lit(5)).withColumn("ingest_id", F.lit("manual")))
+    holey.write.format("delta").mode("append").save(cfg.table("raw_eeg"))
+    raw_version = storage.table_version(spark, cfg, "raw_eeg")
+
+    assert run(["--root", cfg.root, "--set", "spark.master=local[2]", "preprocess"], environ={}) == 0
+    assert "2 ok, 2 empty, 1 failed" in capsys.readouterr().out
+
+    features = storage.read_table(spark, cfg, "features")
+    assert_schema_equality(features.schema, FEATURES_SCHEMA, ignore_nullable=False)
+    assert_df_equality(features.where("subject_id = 1"), expected_features(spark, cfg, 1, frames[1]),
+                       ignore_row_order=True, ignore_nullable=True)
+    assert_df_equality(features.where("subject_id = 2"), expected_features(spark, cfg, 2, frames[2], 256.0),
+                       ignore_row_order=True, ignore_nullable=True)  # the file's own rate (Parquet metadata)
+    assert set(features.select(F.size("features")).distinct().toPandas().iloc[:, 0]) == {4 * 71}
+
+    log = storage.read_table(spark, cfg, "preprocess_log")
+    assert_schema_equality(log.schema, PREPROCESS_LOG_SCHEMA, ignore_nullable=False)
+    rows = log.toPandas().set_index("subject_id").sort_index()
+    assert rows["status"].to_dict() == {1: "ok", 2: "ok", 3: "empty", 4: "empty", 5: "failed"}
+    assert "rejected" in rows.loc[3, "reason"] and "edges" in rows.loc[4, "reason"]
+    assert "sample_idx" in rows.loc[5, "reason"]
+    assert rows["raw_version"].eq(raw_version).all()
+    assert rows.loc[1, "n_epochs"] == counts(features)[1] and rows.loc[2, "sfreq"] == 256.0
+    commit = storage.delta_table(spark, cfg, "features").history(1).first()
+    assert json.loads(commit.userMetadata)["raw_version"] == raw_version
+
+    # rerun: nothing pending, nothing written
+    versions = (storage.table_version(spark, cfg, "features"), storage.table_version(spark, cfg, "preprocess_log"))
+    assert preprocess(spark, cfg).log == []
+    assert (storage.table_version(spark, cfg, "features"), storage.table_version(spark, cfg, "preprocess_log")) == versions
+
+    # --reprocess: one atomic commit replaces subject 1's rows, others untouched
+    before = counts(features)
+    s = preprocess(spark, cfg, subjects=[1], reprocess=True)
+    assert [r["subject_id"] for r in s.log] == [1] and s.features_version == versions[0] + 1
+    assert counts(storage.read_table(spark, cfg, "features")) == before
+    assert_df_equality(storage.read_table(spark, cfg, "features").where("subject_id = 2"),
+                       storage.read_table(spark, cfg, "features", versions[0]).where("subject_id = 2"),
+                       ignore_row_order=True)
+
+    # a job that dies half way (subject 2's task crashes after subject 1's succeeded) commits nothing
+    real = pp._subject_function
+
+    def crashing(base, info, acc):
+        inner = real(base, info, acc)
+
+        def apply(raw):
+            if int(raw["subject_id"].iloc[0]) == 2:
+                raise RuntimeError("simulated executor crash")
+            return inner(raw)
+        return apply
+
+    monkeypatch.setattr(pp, "_subject_function", crashing)
+    version = storage.table_version(spark, cfg, "features")
+    with pytest.raises(Exception, match="simulated executor crash"):
+        preprocess(spark, cfg, subjects=[1, 2], reprocess=True)
+    monkeypatch.undo()
+    assert storage.table_version(spark, cfg, "features") == version
+    assert counts(storage.read_table(spark, cfg, "features")) == before
+
+
+def test_replaced_raw_data_is_preprocessed_again(spark, cfg):
+    deliver(cfg, 1)
+    ingest(spark, cfg)
+    first = preprocess(spark, cfg)
+    assert [r["status"] for r in first.log] == ["ok"]
+    newer = synth_subject(1, minutes=1.5, n_channels=4, sfreq=SFREQ, seed=9)
+    write_subject_file(newer, Path(cfg.landing_dir) / subject_file_name(1), SFREQ)
+    assert ingest(spark, cfg, replace=True).count("replaced") == 1
+    second = preprocess(spark, cfg)
+    assert [(r["subject_id"], r["status"]) for r in second.log] == [(1, "ok")]
+    assert second.log[0]["ingest_id"] != first.log[0]["ingest_id"]
+    assert_df_equality(storage.read_table(spark, cfg, "features"), expected_features(spark, cfg, 1, newer),
+                       ignore_row_order=True, ignore_nullable=True)
+    assert preprocess(spark, cfg).log == []
