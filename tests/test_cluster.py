@@ -132,59 +132,74 @@ def standalone(tmp_path_factory) -> Standalone:
             log.close()
 
 
-def _submit(cluster: Standalone, cfg, app_args: list[str], app: str | None = None,
-            tmp: Path | None = None) -> subprocess.CompletedProcess:
-    cmd = submit_command(cfg, app_args, cluster.master_url, app=app,
+def _submit(cluster: Standalone, cfg, p300_args: list[str], workdir: Path) -> subprocess.Popen:
+    """Launch `p300 <p300_args>` through spark-submit on the cluster; the caller waits."""
+    cmd = submit_command(cfg, p300_args, cluster.master_url,
                          spark_conf={"spark.executor.memory": "512m", "spark.cores.max": "2"},
-                         py_files=[str(code_archive(tmp))])
-    proc = subprocess.run(cmd, env=cluster.clean_env(), capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
-                          cwd=tmp)
-    assert proc.returncode == 0, f"spark-submit failed ({proc.returncode}):\n{proc.stderr[-6000:]}"
-    return proc
+                         py_files=[str(code_archive(workdir))])
+    return subprocess.Popen(cmd, env=cluster.clean_env(), cwd=workdir, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
-def _executors_per_worker(cluster: Standalone, app_id: str) -> list[int]:
+def _wait(proc: subprocess.Popen) -> str:
+    try:
+        out, _ = proc.communicate(timeout=JOB_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # the spark-submit JVM we started; its Python driver exits with it
+        out, _ = proc.communicate()
+        pytest.fail(f"spark-submit still running after {JOB_TIMEOUT_S}s:\n{out[-6000:]}")
+    assert proc.returncode == 0, f"spark-submit failed ({proc.returncode}):\n{out[-6000:]}"
+    return out
+
+
+def _app_executors(cluster: Standalone) -> list[int]:
+    """Executors each worker ran for the one application this cluster has seen."""
+    state = cluster.state()
+    (app,) = state["completedapps"] + state["activeapps"]
     counts = []
     for url in cluster.worker_ui_urls:
         state = _get_json(url + "/json/")
         execs = state.get("executors", []) + state.get("finishedexecutors", [])
-        counts.append(sum(1 for e in execs if e.get("appid") == app_id))
+        counts.append(sum(1 for e in execs if e.get("appid") == app["id"]))
     return counts
 
 
-TINY_APP = '''
-import os, sys
-import pandas as pd
-from pyspark.sql import SparkSession
-
-def per_group(pdf: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"g": [int(pdf.g.iloc[0])], "n": [len(pdf)], "total": [int(pdf.id.sum())]})
-
-if __name__ == "__main__":
-    out = sys.argv[1]
-    spark = SparkSession.builder.getOrCreate()
-    df = spark.range(0, 10000, numPartitions=4).selectExpr("id % 7 AS g", "id")
-    res = df.groupBy("g").applyInPandas(per_group, "g long, n long, total long")
-    res.write.format("delta").mode("overwrite").save(out)
-    print("APP_ID", spark.sparkContext.applicationId, spark.sparkContext.master)
-'''
-
-
-def test_tiny_delta_app_runs_on_both_workers(standalone, spark, tmp_path):
+def test_ingest_and_preprocess_on_the_cluster_equal_a_local_run(standalone, spark, tmp_path):
     from chispa import assert_df_equality
 
     from conftest import make_config
+    from pipeline import jobs
+    from pipeline.cli import build_parser
+    from pipeline.report import Reporter
+    from pipeline.synth import synth_landing_zone
 
-    app = tmp_path / "tiny_app.py"
-    app.write_text(TINY_APP)
-    out = tmp_path / "out"
-    proc = _submit(standalone, make_config(tmp_path / "root"), [str(out)], app=str(app), tmp=tmp_path)
-    app_id = next(l.split()[1] for l in proc.stdout.splitlines() if l.startswith("APP_ID"))
-    assert standalone.master_url in proc.stdout
-    assert _executors_per_worker(standalone, app_id) == [1, 1]
-    import pandas as pd
+    local_root, cluster_root = tmp_path / "local", tmp_path / "cluster"
+    synth_landing_zone(local_root / "landing-zone", 3, minutes=0.5, n_channels=8, sfreq=128.0, seed=7)
+    shutil.copytree(local_root / "landing-zone", cluster_root / "landing-zone")
+    local_cfg, cluster_cfg = make_config(local_root), make_config(cluster_root)
 
-    expected = spark.createDataFrame(pd.DataFrame({"g": range(7)}).assign(
-        n=lambda f: [len(range(g, 10000, 7)) for g in f.g], total=lambda f: [sum(range(g, 10000, 7)) for g in f.g]))
-    assert_df_equality(spark.read.format("delta").load(str(out)), expected, ignore_row_order=True,
-                       ignore_nullable=True)
+    # the cluster run: its own driver process (spark-submit), one executor per worker
+    proc = _submit(standalone, cluster_cfg, ["--root", str(cluster_root), "job", "ingest_and_preprocess"], tmp_path)
+    try:
+        # meanwhile the same job on the test's local session, in this process
+        job = build_parser().parse_args(["job", "ingest_and_preprocess"])
+        assert jobs.main(local_cfg, job, Reporter(quiet=True)) == 0
+    finally:
+        out = _wait(proc)
+    assert "job ingest_and_preprocess: 2 task(s) done" in out
+    assert _app_executors(standalone) == [1, 1]
+    assert not list((cluster_root / "landing-zone").glob("*.parquet"))  # all three ingested and archived
+
+    def table(cfg, name):
+        return spark.read.format("delta").load(cfg.table(name))
+
+    raw_local = table(local_cfg, "raw_eeg").drop("ingest_id")
+    assert raw_local.select("subject_id").distinct().count() == 3
+    assert_df_equality(table(cluster_cfg, "raw_eeg").drop("ingest_id"), raw_local, ignore_row_order=True)
+    features_local = table(local_cfg, "features")
+    assert features_local.count() > 30
+    assert_df_equality(table(cluster_cfg, "features"), features_local, ignore_row_order=True)
+    for name, cols in (("ingest_log", ["file", "subject_id", "status", "rows"]),
+                       ("preprocess_log", ["subject_id", "status", "n_events", "n_rejected", "n_epochs"])):
+        assert_df_equality(table(cluster_cfg, name).select(cols), table(local_cfg, name).select(cols),
+                           ignore_row_order=True)
