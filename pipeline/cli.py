@@ -112,10 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="promote only if the latest 'both' evaluation shows the challenger ahead on METRIC")
     p.add_argument("--min-delta", type=float, default=0.0, metavar="D")
 
-    p = sub.add_parser("endpoint", help="the local serving endpoint")
+    p = sub.add_parser("endpoint", help="the local serving endpoint",
+                       description="serve: run the local endpoint server in the foreground (Ctrl-C stops it); "
+                                   "status: the server and its endpoints (on Databricks: the workspace endpoint); "
+                                   "stop: stop this root's server by its recorded pid")
     p.add_argument("action", choices=["serve", "status", "stop"])
-    p.add_argument("--host", default=None, help="bind address (default serving.host, 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--host", default=None, help="bind address (default serving.host, 127.0.0.1; any other "
+                                                "address requires serving.token)")
+    p.add_argument("--port", type=int, default=None, help="port (default serving.port; 0 picks a free one)")
 
     p = sub.add_parser("job", help="run one job's tasks in order, as the Databricks bundle does")
     p.add_argument("name", choices=["ingest_and_preprocess", "train_and_deploy_challenger", "evaluate_model",
