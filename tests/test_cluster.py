@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -22,8 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from chispa import assert_df_equality
+from conftest import make_config
 
+from pipeline import jobs
+from pipeline.cli import build_parser
+from pipeline.report import Reporter
 from pipeline.submit import code_archive, spark_home, submit_command, submit_env
+from pipeline.synth import synth_landing_zone
 
 pytestmark = pytest.mark.cluster
 
@@ -137,16 +144,21 @@ def _submit(cluster: Standalone, cfg, p300_args: list[str], workdir: Path) -> su
     cmd = submit_command(cfg, p300_args, cluster.master_url,
                          spark_conf={"spark.executor.memory": "512m", "spark.cores.max": "2"},
                          py_files=[str(code_archive(workdir))])
+    # its own process group: the spark-submit JVM and the Python driver it starts
     return subprocess.Popen(cmd, env=cluster.clean_env(), cwd=workdir, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _kill(proc: subprocess.Popen) -> str:
+    os.killpg(proc.pid, signal.SIGKILL)  # the group this test created, by its id
+    return proc.communicate()[0]
 
 
 def _wait(proc: subprocess.Popen) -> str:
     try:
         out, _ = proc.communicate(timeout=JOB_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        proc.kill()  # the spark-submit JVM we started; its Python driver exits with it
-        out, _ = proc.communicate()
+        out = _kill(proc)
         pytest.fail(f"spark-submit still running after {JOB_TIMEOUT_S}s:\n{out[-6000:]}")
     assert proc.returncode == 0, f"spark-submit failed ({proc.returncode}):\n{out[-6000:]}"
     return out
@@ -165,14 +177,6 @@ def _app_executors(cluster: Standalone) -> list[int]:
 
 
 def test_ingest_and_preprocess_on_the_cluster_equal_a_local_run(standalone, spark, tmp_path):
-    from chispa import assert_df_equality
-
-    from conftest import make_config
-    from pipeline import jobs
-    from pipeline.cli import build_parser
-    from pipeline.report import Reporter
-    from pipeline.synth import synth_landing_zone
-
     local_root, cluster_root = tmp_path / "local", tmp_path / "cluster"
     synth_landing_zone(local_root / "landing-zone", 3, minutes=0.5, n_channels=8, sfreq=128.0, seed=7)
     shutil.copytree(local_root / "landing-zone", cluster_root / "landing-zone")
@@ -184,8 +188,10 @@ def test_ingest_and_preprocess_on_the_cluster_equal_a_local_run(standalone, spar
         # meanwhile the same job on the test's local session, in this process
         job = build_parser().parse_args(["job", "ingest_and_preprocess"])
         assert jobs.main(local_cfg, job, Reporter(quiet=True)) == 0
-    finally:
-        out = _wait(proc)
+    except BaseException:
+        _kill(proc)
+        raise
+    out = _wait(proc)
     assert "job ingest_and_preprocess: 2 task(s) done" in out
     assert _app_executors(standalone) == [1, 1]
     assert not list((cluster_root / "landing-zone").glob("*.parquet"))  # all three ingested and archived
