@@ -11,9 +11,16 @@ from setuptools import setup
 HERE = Path(__file__).parent
 
 
-def _requirements() -> list[str]:
-    lines = (HERE / "requirements.txt").read_text().splitlines()
-    return [l.split("#")[0].strip() for l in lines if l.split("#")[0].strip() and not l.startswith("-")]
+# What the wheel needs, as ranges: on a Databricks ML runtime the cluster's own pyspark,
+# numpy, pandas, scikit-learn and mlflow must stay. Spark itself is an extra ("local")
+# because a cluster brings its own; requirements.txt holds the exact pins of the local
+# development and CI environment (./dev installs it).
+INSTALL_REQUIRES = [
+    "numpy>=1.26", "scipy>=1.11", "pandas>=2.0,<3", "pyarrow>=14", "scikit-learn>=1.3", "mne>=1.6",
+    "mlflow>=2.16", "databricks-sdk>=0.40", "pydantic>=2.5", "pyyaml>=6", "matplotlib>=3.7",
+    "httpx>=0.25", "fastapi>=0.110", "uvicorn>=0.27",
+]
+SPARK_REQUIRES = ["pyspark>=4.0.1,<=4.2.0", "delta-spark>=4.0.1,<=4.4.0"]
 
 
 setup(
@@ -27,8 +34,8 @@ setup(
     package_dir={"pipeline.conf": "conf"},
     package_data={"pipeline.conf": ["*.yaml", "*.properties"]},
     include_package_data=True,
-    install_requires=_requirements(),
-    extras_require={"test": ["pytest==8.4.2", "chispa==0.11.1"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"local": SPARK_REQUIRES, "test": SPARK_REQUIRES + ["pytest>=8", "chispa>=0.10"]},
     entry_points={
         "console_scripts": [
             "p300=pipeline.cli:main",
