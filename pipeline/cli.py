@@ -133,12 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries(environ: dict[str, str]) -> None:
+    """The edge where third-party chatter is turned down: schema migrations of a new MLflow
+    store, evaluation hints that do not apply to static predictions, download progress bars."""
+    import logging
+
+    for name, level in (("alembic", logging.WARNING), ("mlflow.models.evaluation", logging.ERROR),
+                        ("mlflow.store.db.utils", logging.WARNING), ("py4j", logging.ERROR)):
+        logging.getLogger(name).setLevel(level)
+    if "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in environ:
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+
+
 def run(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None,
         reporter: Reporter | None = None) -> int:
     """Parse, configure, dispatch; returns the exit code (testable without sys.exit)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     rep = reporter or Reporter(quiet=args.quiet)
+    _quiet_libraries(os.environ if environ is None else environ)
     try:
         cfg = load_config(args.conf, root=args.root, env=os.environ if environ is None else environ,
                           overrides=args.overrides)

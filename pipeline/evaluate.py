@@ -206,7 +206,9 @@ def evaluate(cfg: Config, target: str, subjects: list[int] | None, batch_size: i
 def _summary(rep: Reporter, results: list[EvaluationResult], holdout: Holdout) -> None:
     cols = ["roc_auc", "balanced_accuracy", "f1_score", "precision_score", "recall_score", "epochs_scored",
             "failed_requests", "latency_p50_ms", "latency_p99_ms", "epochs_per_second"]
-    rep.table([[r.target, r.version] + [r.metrics.get(c) for c in cols] for r in results],
+    counts = {"epochs_scored", "failed_requests"}
+    rep.table([[r.target, r.version] + [int(r.metrics[c]) if c in counts and c in r.metrics else r.metrics.get(c)
+                                        for c in cols] for r in results],
               ["served", "version", "roc_auc", "bal_acc", "f1", "precision", "recall", "epochs", "failed",
                "p50_ms", "p99_ms", "epochs/s"],
               title=f"evaluate: holdout subjects {holdout.subjects}")
