@@ -23,7 +23,7 @@ import json
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator, Sequence
 
@@ -92,6 +92,7 @@ class PreprocessSummary:
     features_version: int | None
     log: list[dict[str, Any]]
     up_to_date: int = 0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage: plan, job, log
 
     def count(self, status: str) -> int:
         return sum(r["status"] == status for r in self.log)
@@ -196,6 +197,7 @@ def preprocess(spark: SparkSession, cfg: Config, subjects: Sequence[int] | None 
     """Preprocess the pending subjects in one applyInPandas and one features commit."""
     rep = rep or Reporter(quiet=True)
     run_id = uuid.uuid4().hex[:12]
+    t0 = time.perf_counter()
     raw_version = storage.table_version(spark, cfg, "raw_eeg")
     if raw_version is None:
         rep.info("raw_eeg does not exist yet: run `p300 ingest` first")
@@ -230,9 +232,11 @@ def preprocess(spark: SparkSession, cfg: Config, subjects: Sequence[int] | None 
     writer = (features.write.format("delta").mode("overwrite")
               .option("replaceWhere", f"subject_id IN ({', '.join(map(str, pending))})")
               .option("userMetadata", json.dumps(meta)))
+    t1 = time.perf_counter()
     with rep.stage(f"applyInPandas over {len(pending)} subject(s) -> features"), _session_conf(spark, JOB_CONF):
         storage.save(writer, cfg, "features")
     features_version = storage.table_version(spark, cfg, "features")
+    t2 = time.perf_counter()
 
     reported = {s["subject_id"]: s for s in acc.value}
     when = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -246,7 +250,9 @@ def preprocess(spark: SparkSession, cfg: Config, subjects: Sequence[int] | None 
     rows = [tuple(r[f.name] for f in PREPROCESS_LOG_SCHEMA) for r in log]
     storage.save(spark.createDataFrame(rows, PREPROCESS_LOG_SCHEMA).write.format("delta").mode("append"),
                  cfg, "preprocess_log")
-    return PreprocessSummary(run_id, raw_version, features_version, log, up_to_date=len(current) - len(pending))
+    timings = {"plan": t1 - t0, "job": t2 - t1, "log": time.perf_counter() - t2}
+    return PreprocessSummary(run_id, raw_version, features_version, log, up_to_date=len(current) - len(pending),
+                             timings=timings)
 
 
 def main(cfg: Config, args: Any, rep: Reporter) -> int:
