@@ -5,18 +5,19 @@
 
 Builds (once, cached under --root) a features table from synthetic subjects through
 the real preprocessing, in a child process so the measured process holds only what
-training needs. Then, in this process: the features transfer through Arrow (what
-`p300 train` does) against the baseline `toPandas()` + `np.stack` of the same rows,
-each timed without tracing and measured with tracemalloc + Arrow's pool in a second
-pass; then one full `p300 train` (CV, fit, MLflow logging, registration) on a fresh
-MLflow store. Prints ratios against the baseline and the driver's peak memory: the
-Python process's peak RSS and the Spark driver JVM's (both are "the driver").
+training needs. Then, in this process: the features transfer the way `p300 train` does
+it (Arrow batches copied into one float32 matrix) against the baseline the issue rules
+out (`collect()` of Rows) and against `toPandas()` + `np.stack`, each timed (best of 3;
+the baseline once) with its peak RSS growth measured in a second pass (Linux VmHWM,
+reset before each); then `p300 train` on all subjects (CV, fit, MLflow logging,
+registration) on a fresh MLflow store, timed with its peak RSS, and once more under
+tracemalloc. Prints ratios against the baseline and the driver's peak memory: the
+Python process and the Spark driver JVM (in local mode both are the driver).
 """
 from __future__ import annotations
 
 import argparse
 import gc
-import resource
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,7 @@ def _cfg(root: Path) -> Config:
 
 def build(root: Path, subjects: int, minutes: float, channels: int, sfreq: float) -> None:
     """Synthetic subjects -> udfs.preprocess -> features Delta table (child process)."""
-    import pandas as pd
+    import pyarrow as pa
 
     from pipeline.spark import get_spark
     from pipeline.synth import synth_subject
@@ -57,10 +58,17 @@ def build(root: Path, subjects: int, minutes: float, channels: int, sfreq: float
         raw = synth_subject(sid, minutes=minutes, n_channels=channels, sfreq=sfreq, seed=0)
         raw.insert(0, "subject_id", np.int32(sid))
         raw.insert(1, "sample_idx", np.arange(len(raw), dtype=np.int64))
-        feats = preprocess_subject(raw, settings)[[f.name for f in schema.fields]]
-        feats = pd.DataFrame({**{c: feats[c] for c in feats.columns if c != "features"},
-                              "features": [np.asarray(v, np.float32).tolist() for v in feats["features"]]})
-        spark.createDataFrame(feats, schema).write.format("delta").mode("append") \
+        feats = preprocess_subject(raw, settings)
+        X = np.stack([np.asarray(v, dtype=np.float32) for v in feats["features"]])
+        n, f = X.shape
+        table = pa.table({
+            "subject_id": pa.array(feats["subject_id"].to_numpy(np.int32)),
+            "epoch_idx": pa.array(feats["epoch_idx"].to_numpy(np.int32)),
+            "event_sample": pa.array(feats["event_sample"].to_numpy(np.int64)),
+            "label": pa.array(feats["label"].to_numpy(np.int32)),
+            "features": pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * f, f, dtype=np.int32)),
+                                                 pa.array(X.reshape(-1)))})
+        spark.createDataFrame(table, schema).write.format("delta").mode("append") \
             .partitionBy("subject_id").save(cfg.table("features"))
         print(f"  built subject {sid}: {len(feats)} epochs in {time.perf_counter() - t0:.1f}s", flush=True)
 
@@ -76,18 +84,44 @@ def _jvm_peak_mib(spark) -> float | None:
     return None
 
 
-def _baseline_load(spark, cfg, subjects, version):
-    """What the issue rules out: pandas objects per row, then a stack."""
+def _query(spark, cfg, subjects, version):
     from pipeline.storage import read_table
 
-    pdf = (read_table(spark, cfg, "features", version=version).where(f"subject_id IN ({','.join(map(str, subjects))})")
-           .select("subject_id", "epoch_idx", "label", "features").orderBy("subject_id", "epoch_idx").toPandas())
-    X = np.stack(pdf["features"].to_numpy()).astype(np.float32)
-    return X, pdf["label"].to_numpy()
+    return (read_table(spark, cfg, "features", version=version)
+            .where(f"subject_id IN ({','.join(map(str, subjects))})")
+            .select("subject_id", "epoch_idx", "label", "features").orderBy("subject_id", "epoch_idx"))
+
+
+def _rows_load(spark, cfg, subjects, version):
+    """The baseline the issue rules out: Python Rows holding lists of Python floats."""
+    rows = _query(spark, cfg, subjects, version).collect()
+    return np.array([r["features"] for r in rows], dtype=np.float32)
+
+
+def _pandas_load(spark, cfg, subjects, version):
+    """toPandas (Arrow-backed, one ndarray object per epoch), then a stack."""
+    pdf = _query(spark, cfg, subjects, version).toPandas()
+    return np.stack(pdf["features"].to_numpy()).astype(np.float32, copy=False)
+
+
+def _rss_mib() -> tuple[float, float]:
+    """(current RSS, peak RSS since the last reset) of this process, in MiB."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Linux: writing 5 to clear_refs resets VmHWM, so each step's own peak can be read."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def _measure(fn, repeat: int = 3):
-    """(best seconds untraced, peak traced MiB incl. Arrow's pool, result)."""
+    """(best seconds, peak RSS growth in MiB during one call, result). RSS covers everything
+    the call allocates in this process: Arrow buffers, NumPy arrays, Python objects."""
     import pyarrow as pa
 
     best = float("inf")
@@ -98,15 +132,12 @@ def _measure(fn, repeat: int = 3):
         best = min(best, time.perf_counter() - t0)
         del out
     gc.collect()
-    pool = pa.default_memory_pool()
-    pool.release_unused()
-    arrow_before = pool.max_memory() or 0
-    tracemalloc.start()
+    pa.default_memory_pool().release_unused()
+    _reset_peak_rss()
+    before, _ = _rss_mib()
     out = fn()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    arrow_peak = max((pool.max_memory() or 0) - arrow_before, 0)
-    return best, (peak + arrow_peak) / 2**20, out
+    _, peak = _rss_mib()
+    return best, peak - before, out
 
 
 def main() -> int:
@@ -138,41 +169,54 @@ def main() -> int:
     spark = get_spark(cfg)
     version = table_version(spark, cfg, "features")
     ids = feature_subjects(spark, cfg, version)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss0, _ = _rss_mib()
     print(f"\n{len(ids)} subjects ({minutes:g} min, {channels} ch, {sfreq:g} Hz), features table version {version}; "
           f"driver Python RSS before loading: {rss0:.0f} MiB")
 
     t_arrow, m_arrow, data = _measure(lambda: load_features(spark, cfg, ids, version))
     X = data.X
+    del data
     print(f"matrix: {X.shape[0]} epochs x {X.shape[1]} features = {X.nbytes / 2**20:.1f} MiB float32")
-    t_base, m_base, (Xb, _) = _measure(lambda: _baseline_load(spark, cfg, ids, version))
-    assert np.array_equal(Xb, X), "baseline and Arrow path disagree"
-    del Xb, data
-    print("\nfeatures to the driver      seconds   peak MiB (tracemalloc + Arrow pool)")
-    print(f"  toPandas + np.stack (base)  {t_base:7.2f}   {m_base:8.1f}")
-    print(f"  Arrow flat fill (train)     {t_arrow:7.2f}   {m_arrow:8.1f}")
-    print(f"  ratio base/arrow            {t_base / t_arrow:7.2f}x  {m_base / m_arrow:8.2f}x")
+    rows = [("collect() Rows (baseline)", *_measure(lambda: _rows_load(spark, cfg, ids, version), repeat=1)),
+            ("toPandas + np.stack", *_measure(lambda: _pandas_load(spark, cfg, ids, version))),
+            ("Arrow flat fill (p300 train)", t_arrow, m_arrow, X)]
+    t_base, m_base = rows[0][1], rows[0][2]
+    print(f"\nfeatures to the driver          seconds  peak RSS growth MiB  time vs baseline  memory vs baseline")
+    for name, t, m, out in rows:
+        assert np.array_equal(out, X), f"{name} disagrees with the Arrow path"
+        print(f"  {name:<30} {t:6.2f}  {m:12.1f}         {t_base / t:8.1f}x faster  {m_base / max(m, 0.1):8.1f}x less")
+    del rows
 
     shutil.rmtree(root / "mlflow", ignore_errors=True)
+    del X
     gc.collect()
-    tracemalloc.start()
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    reset = _reset_peak_rss()
+    rss_before, _ = _rss_mib()
     t0 = time.perf_counter()
     result = train(spark, cfg, fraction=1.0, force=True, rep=Reporter())
     total = time.perf_counter() - t0
+    _, rss_peak = _rss_mib()
+    gc.collect()
+    tracemalloc.start()
+    train(spark, cfg, fraction=1.0, force=True, rep=Reporter(quiet=True))
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     jvm = _jvm_peak_mib(spark)
     m = result.metrics
     print(f"\np300 train on {len(result.subjects)} subjects (all; leave-subjects-out CV, "
-          f"{cfg.training.cv_folds} folds): {total:.1f}s end to end (tracemalloc on)")
+          f"{cfg.training.cv_folds} folds): {total:.1f}s end to end")
     print(f"  cross-validation {m.get('cv_seconds', float('nan')):.1f}s, final fit {m.get('fit_seconds', float('nan')):.1f}s")
     print(f"  CV ROC AUC {m['cv_roc_auc']:.3f} (folds {m.get('cv_roc_auc_fold_mean', float('nan')):.3f} "
           f"+- {m.get('cv_roc_auc_fold_std', float('nan')):.3f}), balanced accuracy {m['cv_balanced_accuracy']:.3f}, "
           f"F1 Target {m['cv_f1_target']:.3f}")
-    print(f"  peak traced Python/numpy memory during train: {traced_peak / 2**20:.1f} MiB")
-    print(f"  driver peak RSS: Python {rss:.0f} MiB (of which {rss0:.0f} before loading)"
-          + (f", Spark driver JVM {jvm:.0f} MiB" if jvm else ""))
+    print(f"  driver Python process during train: peak RSS {rss_peak:.0f} MiB, {rss_peak - rss_before:.0f} MiB above "
+          f"its {rss_before:.0f} MiB before" + ("" if reset else " (peak not resettable here: process lifetime)"))
+    print(f"  peak traced Python/NumPy allocations during train (tracemalloc, second run): {traced_peak / 2**20:.1f} MiB")
+    if jvm:
+        print(f"  Spark driver JVM (local mode: driver and executors) peak RSS over the whole run: {jvm:.0f} MiB")
     return 0
 
 
