@@ -47,6 +47,13 @@ def train_cli(cfg, *args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def nothing_logged(cfg) -> bool:
+    """No registered version and no training run (no MLflow store at all counts as none)."""
+    if not (cfg.local_root / "mlflow").exists():
+        return True
+    return registered_versions(cfg) == [] and runs_in(cfg) == []
+
+
 def registered_versions(cfg) -> list:
     client = reg.mlflow_client(cfg)
     return [v for m in client.search_registered_models() for v in client.search_model_versions(f"name='{m.name}'")]
@@ -146,7 +153,7 @@ def test_refusals_register_nothing(tcfg, args, code, message):
     got, out, err = train_cli(tcfg, *args)
     assert got == code
     assert message in err and "nothing registered" in err
-    assert registered_versions(tcfg) == [] and runs_in(tcfg) == []
+    assert nothing_logged(tcfg)
 
 
 def test_refuses_single_class(spark, features_cfg, cfg):
@@ -155,13 +162,14 @@ def test_refuses_single_class(spark, features_cfg, cfg):
     code, out, err = train_cli(cfg, "--subjects", "1,2")
     assert code == 1
     assert "NonTarget epochs only" in err
-    assert registered_versions(cfg) == [] and runs_in(cfg) == []
+    assert nothing_logged(cfg)
 
 
 def test_refuses_without_features_table(cfg):
     code, out, err = train_cli(cfg)
     assert code == 1
     assert "does not exist" in err and "p300 preprocess" in err
+    assert nothing_logged(cfg)
 
 
 def test_refuses_too_few_processed_subjects(spark, features_cfg, cfg):
@@ -170,6 +178,7 @@ def test_refuses_too_few_processed_subjects(spark, features_cfg, cfg):
     code, out, err = train_cli(cfg)
     assert code == 1
     assert "only 1 processed subject(s) (2)" in err
+    assert nothing_logged(cfg)
 
 
 def test_reads_the_recorded_table_version(spark, tcfg):
