@@ -208,16 +208,19 @@ def raw_subject_state(spark: SparkSession, cfg: Config, version: int | None = No
     return {int(r.subject_id): (r.ingest_id, float(r.sfreq)) for r in rows}
 
 
-def _log_state(spark: SparkSession, cfg: Config) -> dict[str, dict[str, Any]]:
-    """ingest_id -> its latest ingest_log row."""
+def _log_state(spark: SparkSession, cfg: Config) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """(ingest_id -> its latest ingest_log row, every ingested/replaced row), oldest first."""
     if not storage.table_exists(spark, cfg, "ingest_log"):
-        return {}
+        return {}, []
     rows = (storage.read_table(spark, cfg, "ingest_log")
             .select("file", "subject_id", "status", "ingest_id", "moved_to", "time").collect())
     latest: dict[str, dict[str, Any]] = {}
+    ok = []
     for r in sorted(rows, key=lambda r: r.time):
         latest[r.ingest_id] = r.asDict()
-    return latest
+        if r.status in OK_STATUSES:
+            ok.append(r.asDict())
+    return latest, ok
 
 
 # ---- the data checks and the write --------------------------------------------------------------
@@ -345,7 +348,7 @@ def ingest(spark: SparkSession, cfg: Config, max_subjects: int | None = None, re
         return IngestSummary(run_id, [], storage.table_version(spark, cfg, "raw_eeg"))
     rep.info(f"{len(entries)} file(s) in {cfg.landing_dir}")
     raw_state = raw_subject_state(spark, cfg)
-    log_state = _log_state(spark, cfg)
+    log_state, ok_rows = _log_state(spark, cfg)
     dests = _Destinations(spark)
     decisions: list[FileDecision] = []
 
@@ -376,10 +379,10 @@ def ingest(spark: SparkSession, cfg: Config, max_subjects: int | None = None, re
     batch = [d for d in named if d.status != "deferred"]
 
     seen: dict[int, str] = {}
-    ok_by_subject = {}
-    for row in sorted(log_state.values(), key=lambda r: r["time"]):
-        if row["status"] in OK_STATUSES:
-            ok_by_subject[row["subject_id"]] = row
+    ok_by_subject, ok_ids = {}, {}
+    for row in ok_rows:
+        ok_by_subject[row["subject_id"]] = row
+        ok_ids[row["ingest_id"]] = row
     for d in batch:
         if d.status == "quarantined":
             continue
@@ -392,8 +395,8 @@ def ingest(spark: SparkSession, cfg: Config, max_subjects: int | None = None, re
             raw_id = raw_state[sid][0]
             previous = ok_by_subject.get(sid)
             if raw_id == d.ingest_id:
-                if d.ingest_id in log_state and log_state[d.ingest_id]["status"] in OK_STATUSES:
-                    d.reject("duplicate", f"identical to {log_state[d.ingest_id]['file']} already ingested "
+                if d.ingest_id in ok_ids:
+                    d.reject("duplicate", f"identical to {ok_ids[d.ingest_id]['file']} already ingested "
                                           f"for subject {sid}")
                 else:  # written by a run that stopped before logging it
                     d.status = "replaced" if previous and previous["ingest_id"] != raw_id else "ingested"

@@ -169,12 +169,14 @@ def test_duplicates_replace_and_batches(spark, cfg):
     assert len(new_ids) == 1 and new_ids[0][0] != old_id
     assert "subject_01_eeg_stim.parquet" in names(cfg.archive_dir) and len(names(cfg.archive_dir)) == 4
 
-    # an identical copy of an ingested file is a duplicate too, even with --replace
-    write_subject_file(newer, landing(cfg) / "subject_01_eeg_stim.parquet", SFREQ)
-    s = ingest(spark, cfg, replace=True)
-    assert [(d.status, d.kind) for d in s.decisions] == [("quarantined", "duplicate")]
-    assert "identical" in s.decisions[0].reason
+    # an identical copy of an ingested file is a duplicate too, even with --replace, every time
+    for _ in range(2):
+        write_subject_file(newer, landing(cfg) / "subject_01_eeg_stim.parquet", SFREQ)
+        s = ingest(spark, cfg, replace=True)
+        assert [(d.status, d.kind) for d in s.decisions] == [("quarantined", "duplicate")]
+        assert "identical" in s.decisions[0].reason
     assert raw_counts(spark, cfg)[1] == len(newer)
+    assert len(names(cfg.quarantine_dir)) == 4  # two earlier duplicates + these two, none overwritten
 
 
 def test_crash_between_write_and_move_leaves_no_duplicates(spark, cfg, monkeypatch):
