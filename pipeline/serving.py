@@ -43,6 +43,7 @@ __all__ = [
     "recorded_server",
     "start_local_server",
     "stop_local_server",
+    "stop_pid",
     "workspace_client",
     "get_endpoint",
     "served_versions",
