@@ -81,26 +81,29 @@ def mne_chain(frame, sfreq: float, continuous_resample: bool) -> np.ndarray:
 
 
 def time_loops(paths: list[Path], sfreq: float, settings) -> dict[str, float]:
+    """Each variant in its own loop over the subjects (one after another, as the original)."""
     import pandas as pd
 
     from udfs.preprocess import run_subject
 
-    out = {"a": 0.0, "a_read": 0.0, "a2": 0.0, "b": 0.0}
-    for sid, path in enumerate(paths, start=1):
-        t0 = time.perf_counter()
-        frame = pd.read_parquet(path)
-        t1 = time.perf_counter()
+    out = {}
+    t = time.perf_counter()
+    frames = [pd.read_parquet(p) for p in paths]
+    out["a_read"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for frame in frames:
         mne_chain(frame, sfreq, continuous_resample=False)
-        t2 = time.perf_counter()
-        out["a"] += t2 - t0
-        out["a_read"] += t1 - t0
-        t3 = time.perf_counter()
+    out["a"] = out["a_read"] + time.perf_counter() - t
+    t = time.perf_counter()
+    for frame in frames:
         mne_chain(frame, sfreq, continuous_resample=True)
-        out["a2"] += time.perf_counter() - t3
-        raw = frame.assign(subject_id=np.int32(sid), sample_idx=np.arange(len(frame), dtype=np.int64))
-        t4 = time.perf_counter()
+    out["a2"] = time.perf_counter() - t
+    raws = [f.assign(subject_id=np.int32(i), sample_idx=np.arange(len(f), dtype=np.int64))
+            for i, f in enumerate(frames, start=1)]
+    t = time.perf_counter()
+    for raw in raws:
         run_subject(raw, settings)
-        out["b"] += time.perf_counter() - t4
+    out["b"] = time.perf_counter() - t
     return out
 
 
@@ -151,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sfreq", type=float, default=None)
     ap.add_argument("--master", default="local[*]", help="Spark master for (c) (default local[*])")
     ap.add_argument("--workdir", default="/tmp/p300-bench-preprocess", help="data kept here between runs")
-    ap.add_argument("--skip-mne", action="store_true", help="skip (a)/(a') (e.g. for a second --master run)")
+    ap.add_argument("--jvm-options", default=None, metavar="OPTS",
+                    help="extra driver JVM options for (c), e.g. -XX:TieredStopAtLevel=1")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -164,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     work = Path(args.workdir) / f"{n2}x{minutes:g}m{channels}ch{sfreq:g}"
     print(f"# preprocess benchmark: N = {n1} and {n2} subjects of {minutes:g} min x {channels} ch at {sfreq:g} Hz; "
-          f"{cores} cores; Spark master {args.master}; load average at start {_load()}", flush=True)
+          f"{cores} cores; Spark master {args.master}; driver JVM options {args.jvm_options or '(default)'}; "
+          f"load average at start {_load()}", flush=True)
 
     t0 = time.perf_counter()
     paths = generate(work / "landing", n2, minutes, channels, sfreq)
@@ -176,22 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     loops: dict[int, dict[str, float]] = {}
     time_loops(paths[:1], sfreq, settings)  # warm imports and caches for every variant
     for n in (n1, n2):
-        loops[n] = time_loops(paths[:n], sfreq, settings) if not args.skip_mne else None
-        if args.skip_mne:
-            from udfs.preprocess import run_subject
-            import pandas as pd
-            frames = [pd.read_parquet(p) for p in paths[:n]]
-            t = time.perf_counter()
-            for sid, f in enumerate(frames, 1):
-                run_subject(f.assign(subject_id=np.int32(sid), sample_idx=np.arange(len(f))), settings)
-            loops[n] = {"a": float("nan"), "a_read": float("nan"), "a2": float("nan"), "b": time.perf_counter() - t}
+        loops[n] = time_loops(paths[:n], sfreq, settings)
         print(f"# loops N={n}: " + ", ".join(f"{k} {v:.2f}s" for k, v in loops[n].items()), flush=True)
 
     spark_t, child = {}, {}
     for n in (n1, n2):  # each size in a fresh process: session start, ingest, then the timed job
         cmd = [sys.executable, __file__, "--child", str(work / f"root{n}"), "--master", args.master,
                *[str(p) for p in paths[:n]]]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        env = dict(os.environ)
+        if args.jvm_options:  # how a Python-launched driver JVM takes options
+            env["PYSPARK_SUBMIT_ARGS"] = f"--driver-java-options '{args.jvm_options}' pyspark-shell"
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
         if proc.returncode:
             print(f"child for N={n} failed ({proc.returncode})", file=sys.stderr)
             return 1
@@ -218,22 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     for label, t1, t2, f, m in rows:
         print(f"{label:46s} {t1:8.2f} {t2:8.2f} {f:8.2f} {m:8.3f}")
     print(f"SparkSession start (excluded above): {session_s:.1f}s; rerun with nothing pending: {noop_s:.1f}s")
-    print(f"pandas read share of (a): {loops[n2]['a_read'] / loops[n2]['a']:.0%}" if not args.skip_mne else "")
+    print(f"pandas read share of (a): {loops[n2]['a_read'] / loops[n2]['a']:.0%}")
 
     ma, mb, (fc, mc) = fits["a"][1], fits["b"][1], fits["c"]
     print()
     print("ratios and targets")
-    if not args.skip_mne:
-        print(f"  (a)/(b) per subject:                 {ma / mb:6.2f}x   (target >= 3x)")
-        print(f"  (a')/(b) per subject:                {fits['a2'][1] / mb:6.2f}x")
+    print(f"  (a)/(b) per subject:                 {ma / mb:6.2f}x   (target >= 3x)")
+    print(f"  (a')/(b) per subject:                {fits['a2'][1] / mb:6.2f}x")
     print(f"  (c) fixed cost:                      {fc:6.2f}s   (target < 10 s)")
     print(f"  (c) marginal / ((b) / {par} cores):       {mc / (mb / par):6.2f}    (target <= 1.3)")
     print(f"  effective parallelism (b)/(c) marginal: {mb / mc:5.2f} of {par} cores")
-    if not args.skip_mne:
-        for n in (n1, 10, n2):
-            ta, tc = fits["a"][0] + ma * n, fc + mc * n
-            print(f"  N={n:<3d} (a) {ta:7.1f}s  (c) {tc:7.1f}s  (a)/(c) = {ta / tc:5.2f}x"
-                  f"{'   (target: (c) faster at N=10)' if n == 10 else ''}")
+    for n in (n1, 10, n2):
+        ta, tc = fits["a"][0] + ma * n, fc + mc * n
+        print(f"  N={n:<3d} (a) {ta:7.1f}s  (c) {tc:7.1f}s  (a)/(c) = {ta / tc:5.2f}x"
+              f"{'   (target: (c) faster at N=10)' if n == 10 else ''}")
     print(f"# load average at end {_load()}")
     return 0
 

@@ -299,7 +299,10 @@ def _write_raw(spark: SparkSession, cfg: Config, todo: list[FileDecision], run_i
               .option("replaceWhere", f"subject_id IN ({', '.join(map(str, subjects))})")
               .option("mergeSchema", "true")
               .option("userMetadata", json.dumps(meta)))
-    storage.save(writer, cfg, "raw_eeg")
+    # EEG samples are (nearly) all distinct floats: a dictionary costs CPU and is dropped anyway
+    no_dict = {f"parquet.enable.dictionary#{c}": "false" for c in channel_columns(df.columns, cfg.signal.channel_prefix)}
+    with storage.session_conf(spark, no_dict):
+        storage.save(writer, cfg, "raw_eeg")
     return int(storage.table_version(spark, cfg, "raw_eeg"))
 
 

@@ -6,8 +6,9 @@ same calls work locally, on DBFS and with Unity Catalog.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
@@ -17,6 +18,7 @@ from pipeline.config import Config
 
 __all__ = [
     "is_catalog_name", "delta_table", "table_exists", "table_version", "read_table", "create_table", "save",
+    "session_conf",
     "FileInfo", "list_files", "path_exists", "make_dirs", "move_file", "read_range", "file_info",
 ]
 
@@ -77,6 +79,22 @@ def save(writer: Any, cfg: Config, name: str) -> None:
         writer.saveAsTable(location)
     else:
         writer.save(location)
+
+
+@contextmanager
+def session_conf(spark: SparkSession, conf: Mapping[str, str]) -> Iterator[None]:
+    """Session settings for the duration of one write (they reach the Parquet writer), then restored."""
+    previous = {k: spark.conf.get(k, None) for k in conf}
+    for k, v in conf.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
 
 
 # ---- files, through Hadoop's FileSystem API (local paths, dbfs:/, abfss:/, s3a:/ alike) ----
