@@ -235,25 +235,39 @@ def _read_file(spark: SparkSession, cfg: Config, d: FileDecision) -> DataFrame:
     )
 
 
+def _check_frame(spark: SparkSession, cfg: Config, i: int, d: FileDecision) -> DataFrame:
+    sig = cfg.signal
+    stim = F.col(sig.stim_column)
+    bad_stim = stim.isNull() | ((stim != F.floor(stim)) if d.stim_float else F.lit(False))
+    return spark.read.parquet(d.info.path).agg(
+        F.lit(i).alias("i"),
+        F.count(F.lit(1)).alias("rows"),
+        F.array(*[F.sum((F.col(c).isNull() | F.isnan(F.col(c).cast("double"))
+                         | F.col(c).cast("double").isin(float("inf"), float("-inf"))).cast("long"))
+                  for c in d.channels]).alias("bad"),
+        F.sum(stim.isin(sig.event_ids.nontarget, sig.event_ids.target).cast("long")).alias("events"),
+        F.sum(bad_stim.cast("long")).alias("bad_stim"),
+    )
+
+
 def _data_checks(spark: SparkSession, cfg: Config, todo: list[FileDecision]) -> None:
-    """One Spark job over all files to write: rejects NaN/inf channels, no events, odd stim codes."""
+    """One Spark job over all files to write: rejects NaN/inf channels, no events, odd stim codes.
+
+    A file whose footer parses but whose data does not (corrupt pages) fails that job;
+    then each file is checked alone, so only the broken ones are quarantined."""
     sig = cfg.signal
     ids = (sig.event_ids.nontarget, sig.event_ids.target)
-    parts = []
-    for i, d in enumerate(todo):
-        df = spark.read.parquet(d.info.path)
-        stim = F.col(sig.stim_column)
-        bad_stim = stim.isNull() | ((stim != F.floor(stim)) if d.stim_float else F.lit(False))
-        parts.append(df.agg(
-            F.lit(i).alias("i"),
-            F.count(F.lit(1)).alias("rows"),
-            F.array(*[F.sum((F.col(c).isNull() | F.isnan(F.col(c).cast("double"))
-                             | F.col(c).cast("double").isin(float("inf"), float("-inf"))).cast("long"))
-                      for c in d.channels]).alias("bad"),
-            F.sum(stim.isin(*ids).cast("long")).alias("events"),
-            F.sum(bad_stim.cast("long")).alias("bad_stim"),
-        ))
-    for r in reduce(DataFrame.unionByName, parts).collect():
+    try:
+        results = reduce(DataFrame.unionByName, [_check_frame(spark, cfg, i, d) for i, d in enumerate(todo)]).collect()
+    except Exception:  # noqa: BLE001 - find the culprit(s) below
+        results = []
+        for i, d in enumerate(todo):
+            try:
+                results.extend(_check_frame(spark, cfg, i, d).collect())
+            except Exception as exc:  # noqa: BLE001
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                d.reject("unreadable", f"the data cannot be read: {first}")
+    for r in results:
         d = todo[r.i]
         d.rows = int(r.rows)
         bad = {c: int(n) for c, n in zip(d.channels, r.bad) if n}

@@ -107,6 +107,7 @@ def test_every_bad_input_kind_is_quarantined_while_the_rest_ingests(spark, cfg, 
         "subject_17_eeg_stim.parquet": "bad_channels",
         "subject_18_eeg_stim.parquet": "empty",
         "subject_19_eeg_stim.parquet": "bad_stim",
+        "subject_20_eeg_stim.parquet": "unreadable",         # the footer parses, the data does not
     }
     (land / "notes.txt").write_text("not eeg")
     write_subject_file(base, land / "subject_7_eeg_stim.parquet", SFREQ)
@@ -123,9 +124,15 @@ def test_every_bad_input_kind_is_quarantined_while_the_rest_ingests(spark, cfg, 
     write_subject_file(base.assign(stim=base["stim"].astype(np.float32) + 0.5), land / "subject_19_eeg_stim.parquet",
                        SFREQ)
 
+    corrupt = land / "subject_20_eeg_stim.parquet"
+    write_subject_file(base, corrupt, SFREQ)
+    data = bytearray(corrupt.read_bytes())
+    data[100:20000] = bytes(19900)  # zero the first column chunks' pages, keep the footer
+    corrupt.write_bytes(bytes(data))
+
     assert run(["--root", cfg.root, "--set", "spark.master=local[2]", "ingest"], environ={}) == 0
     out = capsys.readouterr().out
-    assert "1 ingested, 0 replaced, 12 quarantined" in out and "rejected 12 file(s)" in out
+    assert "1 ingested, 0 replaced, 13 quarantined" in out and "rejected 13 file(s)" in out
 
     assert raw_counts(spark, cfg) == {1: len(good)}
     log = log_rows(spark, cfg).set_index("file")
@@ -135,6 +142,7 @@ def test_every_bad_input_kind_is_quarantined_while_the_rest_ingests(spark, cfg, 
     assert bad["kind"].to_dict() == cases
     assert "eeg_ch2" in bad.loc["subject_14_eeg_stim.parquet", "reason"]
     assert "eeg_ch2" in bad.loc["subject_17_eeg_stim.parquet", "reason"]
+    assert "data cannot be read" in bad.loc["subject_20_eeg_stim.parquet", "reason"]
     assert names(cfg.quarantine_dir) == sorted(cases)  # nothing lost: every original kept
     assert names(cfg.archive_dir) == ["subject_01_eeg_stim.parquet"] and names(cfg.landing_dir) == []
 
