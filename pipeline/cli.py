@@ -79,12 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
     p = sub.add_parser("ingest", help="landing zone -> raw_eeg Delta table, exactly once per file")
-    p.add_argument("--max-subjects", type=int, default=None, metavar="N", help="ingest at most N subjects this run")
-    p.add_argument("--replace", action="store_true", help="a re-delivered subject replaces its raw data")
+    p.add_argument("--max-subjects", type=int, default=None, metavar="N",
+                   help="ingest at most N subject files this run, in subject order (the rest wait for the next run)")
+    p.add_argument("--replace", action="store_true",
+                   help="a re-delivered subject replaces its raw data (and is preprocessed again); "
+                        "without it the file is quarantined as a duplicate")
 
     p = sub.add_parser("preprocess", help="new subjects in raw_eeg -> features, one applyInPandas")
-    p.add_argument("--subjects", type=_subject_list, default=None, help="only these subjects, e.g. 1,2,5-7")
-    p.add_argument("--reprocess", action="store_true", help="recompute the given (or all) subjects")
+    p.add_argument("--subjects", type=_subject_list, default=None,
+                   help="only these subjects, e.g. 1,2,5-7 (default: every subject with new or replaced raw data)")
+    p.add_argument("--reprocess", action="store_true",
+                   help="recompute the given (or all) subjects even if up to date; their features are replaced "
+                        "in one commit")
 
     p = sub.add_parser("train", help="train on the driver, log to MLflow, register, alias challenger")
     g = p.add_mutually_exclusive_group()

@@ -470,9 +470,13 @@ def main(cfg: Config, args: Any, rep: Reporter) -> int:
     """`p300 ingest [--max-subjects N] [--replace]`."""
     from pipeline.spark import get_spark
 
+    max_subjects = getattr(args, "max_subjects", None)
+    if max_subjects is not None and max_subjects < 1:
+        rep.warn(f"--max-subjects must be at least 1, got {max_subjects}")
+        return 2
     try:
         spark = get_spark(cfg)
-        summary = ingest(spark, cfg, max_subjects=getattr(args, "max_subjects", None),
+        summary = ingest(spark, cfg, max_subjects=max_subjects,
                          replace=bool(getattr(args, "replace", False)), rep=rep)
     except Exception as exc:  # the job itself could not run: nothing half-done is left behind
         rep.warn(f"ingest failed: {type(exc).__name__}: {exc}")

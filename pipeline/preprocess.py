@@ -68,7 +68,7 @@ PREPROCESS_LOG_SCHEMA = T.StructType([
     T.StructField("time", T.TimestampType(), False),
 ])
 
-# No statistics on the array column (they cannot skip anything and cost write time).
+# Statistics on the scalar columns only: for the array column Delta would keep just a null count.
 FEATURES_TABLE_PROPERTIES = {"delta.dataSkippingStatsColumns": "epoch_idx,event_sample,label"}
 
 # Per-job settings. Parquet's dictionary encoding of the float features was a tenth of the
