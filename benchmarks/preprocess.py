@@ -107,6 +107,16 @@ def time_loops(paths: list[Path], sfreq: float, settings) -> dict[str, float]:
     return out
 
 
+def _task_slots(master: str, spark) -> int:
+    """Concurrent tasks: local -> 1, local[N] / local[N,F] -> N, local[*] -> cores; else Spark's parallelism."""
+    import re
+
+    m = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\d+)?\])?", master)
+    if not m:
+        return spark.sparkContext.defaultParallelism
+    return os.cpu_count() or 1 if m.group(1) == "*" else int(m.group(1) or 1)
+
+
 def spark_child(root: Path, files: list[Path], master: str) -> int:
     """(c) in a fresh process, as `p300 job ingest_and_preprocess` runs: prints one JSON line."""
     from pipeline.ingest import ingest
@@ -121,7 +131,7 @@ def spark_child(root: Path, files: list[Path], master: str) -> int:
         os.link(f, landing / f.name)
     t = time.perf_counter()
     spark = get_spark(cfg)
-    out = {"session_s": time.perf_counter() - t, "parallelism": spark.sparkContext.defaultParallelism}
+    out = {"session_s": time.perf_counter() - t, "parallelism": _task_slots(spark.sparkContext.master, spark)}
     t = time.perf_counter()
     assert ingest(spark, cfg).count("ingested") == len(files)
     out["ingest_s"] = time.perf_counter() - t
