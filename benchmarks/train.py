@@ -38,8 +38,6 @@ def _cfg(root: Path) -> Config:
 
 def build(root: Path, subjects: int, minutes: float, channels: int, sfreq: float) -> None:
     """Synthetic subjects -> udfs.preprocess -> features Delta table (child process)."""
-    import pyarrow as pa
-
     from pipeline.spark import get_spark
     from pipeline.synth import synth_subject
     from udfs.preprocess import Settings, preprocess_subject
@@ -47,29 +45,16 @@ def build(root: Path, subjects: int, minutes: float, channels: int, sfreq: float
     cfg = _cfg(root)
     spark = get_spark(cfg)
     settings = Settings.from_config(cfg, sfreq)
-    from pyspark.sql import types as T
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from synth_features import write_features  # the test suite's Arrow writer of features frames
 
-    schema = T.StructType([
-        T.StructField("subject_id", T.IntegerType()), T.StructField("epoch_idx", T.IntegerType()),
-        T.StructField("event_sample", T.LongType()), T.StructField("label", T.IntegerType()),
-        T.StructField("features", T.ArrayType(T.FloatType()))])
     for sid in range(1, subjects + 1):
         t0 = time.perf_counter()
         raw = synth_subject(sid, minutes=minutes, n_channels=channels, sfreq=sfreq, seed=0)
         raw.insert(0, "subject_id", np.int32(sid))
         raw.insert(1, "sample_idx", np.arange(len(raw), dtype=np.int64))
         feats = preprocess_subject(raw, settings)
-        X = np.stack([np.asarray(v, dtype=np.float32) for v in feats["features"]])
-        n, f = X.shape
-        table = pa.table({
-            "subject_id": pa.array(feats["subject_id"].to_numpy(np.int32)),
-            "epoch_idx": pa.array(feats["epoch_idx"].to_numpy(np.int32)),
-            "event_sample": pa.array(feats["event_sample"].to_numpy(np.int64)),
-            "label": pa.array(feats["label"].to_numpy(np.int32)),
-            "features": pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * f, f, dtype=np.int32)),
-                                                 pa.array(X.reshape(-1)))})
-        spark.createDataFrame(table, schema).write.format("delta").mode("append") \
-            .partitionBy("subject_id").save(cfg.table("features"))
+        write_features(spark, cfg, feats)
         print(f"  built subject {sid}: {len(feats)} epochs in {time.perf_counter() - t0:.1f}s", flush=True)
 
 

@@ -16,13 +16,7 @@ from pyspark.sql import types as T
 from pipeline.config import Config
 from pipeline.synth import synth_subject
 
-FEATURES_SCHEMA = T.StructType([
-    T.StructField("subject_id", T.IntegerType(), False),
-    T.StructField("epoch_idx", T.IntegerType(), False),
-    T.StructField("event_sample", T.LongType(), False),
-    T.StructField("label", T.IntegerType(), False),
-    T.StructField("features", T.ArrayType(T.FloatType(), False), False),
-])
+from pipeline.preprocess import FEATURES_SCHEMA
 
 
 @lru_cache(maxsize=4)
