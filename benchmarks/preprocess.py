@@ -10,7 +10,8 @@ For each size N it measures, in one run:
        (RawArray, filter, find_events, Epochs with baseline and rejection, drop_bad,
        epoch-level resample), one subject after another;
   (a') the same MNE chain resampling the continuous signal first (reference only);
-  (b)  udfs.preprocess.run_subject alone, in a loop over in-memory frames;
+  (b)  udfs.preprocess.run_subject alone, in a loop over in-memory frames holding the
+       raw_eeg chunk rows the Spark job hands it (and, for reference, per-sample rows);
   (c)  `preprocess()` on a raw_eeg table holding N subjects: one applyInPandas, from
        reading raw_eeg to the committed features table and preprocess_log, with the
        SparkSession start excluded and reported apart.
@@ -80,10 +81,11 @@ def mne_chain(frame, sfreq: float, continuous_resample: bool) -> np.ndarray:
     return epochs.get_data().reshape(len(epochs), -1) * 1e6
 
 
-def time_loops(paths: list[Path], sfreq: float, settings) -> dict[str, float]:
+def time_loops(paths: list[Path], sfreq: float, settings, chunk: int) -> dict[str, float]:
     """Each variant in its own loop over the subjects (one after another, as the original)."""
     import pandas as pd
 
+    from udfs import raw_chunks
     from udfs.preprocess import run_subject
 
     out = {}
@@ -100,10 +102,16 @@ def time_loops(paths: list[Path], sfreq: float, settings) -> dict[str, float]:
     out["a2"] = time.perf_counter() - t
     raws = [f.assign(subject_id=np.int32(i), sample_idx=np.arange(len(f), dtype=np.int64))
             for i, f in enumerate(frames, start=1)]
+    chans = [c for c in frames[0].columns if c.startswith("eeg_ch")]
+    chunked = [raw_chunks.encode(r, chans, "stim", chunk) for r in raws]  # what the Spark job hands the function
+    t = time.perf_counter()
+    for raw in chunked:
+        run_subject(raw, settings)
+    out["b"] = time.perf_counter() - t
     t = time.perf_counter()
     for raw in raws:
         run_subject(raw, settings)
-    out["b"] = time.perf_counter() - t
+    out["b_samples"] = time.perf_counter() - t
     return out
 
 
@@ -187,11 +195,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from udfs.preprocess import Settings
 
-    settings = Settings.from_config(_cfg(work, args.master), sfreq)
+    cfg = _cfg(work, args.master)
+    settings = Settings.from_config(cfg, sfreq)
+    chunk = cfg.storage.raw_chunk_samples
     loops: dict[int, dict[str, float]] = {}
-    time_loops(paths[:1], sfreq, settings)  # warm imports and caches for every variant
+    time_loops(paths[:1], sfreq, settings, chunk)  # warm imports and caches for every variant
     for n in (n1, n2):
-        loops[n] = time_loops(paths[:n], sfreq, settings)
+        loops[n] = time_loops(paths[:n], sfreq, settings, chunk)
         print(f"# loops N={n}: " + ", ".join(f"{k} {v:.2f}s" for k, v in loops[n].items()), flush=True)
 
     spark_t, child = {}, {}
@@ -219,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     fits = {}
     for key, label in (("a", "(a)  MNE loop, epoch resample (incl. read)"), ("a2", "(a') MNE loop, continuous resample"),
-                       ("b", "(b)  udfs.preprocess loop"), ("c", f"(c)  Spark job, {args.master}")):
+                       ("b", "(b)  udfs.preprocess loop, chunk rows"), ("b_samples", "(b') the same, per-sample rows"),
+                       ("c", f"(c)  Spark job, {args.master}")):
         t1, t2 = (spark_t[n1], spark_t[n2]) if key == "c" else (loops[n1][key], loops[n2][key])
         fits[key] = fit(t1, t2, n1, n2)
         rows.append((label, t1, t2, *fits[key]))

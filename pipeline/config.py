@@ -47,6 +47,7 @@ class Storage(_Strict):
     landing: str = "landing-zone"
     archive: str = "archive"
     quarantine: str = "quarantine"
+    raw_chunk_samples: int = Field(16384, ge=64)  # samples per raw_eeg row (udfs/raw_chunks.py)
     tables: Tables = Field(default_factory=Tables)
 
 

@@ -41,10 +41,11 @@ from pyspark.sql import types as T
 from pipeline import storage
 from pipeline.config import Config
 from pipeline.report import Reporter
+from udfs import raw_chunks
 from udfs.preprocess import channel_columns
 
 __all__ = ["INGEST_LOG_SCHEMA", "IngestSummary", "FileDecision", "ingest", "main", "parse_subject_id",
-           "raw_subject_state", "RAW_TABLE_PROPERTIES"]
+           "raw_subject_state", "raw_schema", "raw_samples", "RAW_TABLE_PROPERTIES"]
 
 NAME_RE = re.compile(r"^subject_(\d{2,})_eeg_stim\.parquet$")
 
@@ -282,8 +283,21 @@ def _data_checks(spark: SparkSession, cfg: Config, todo: list[FileDecision]) -> 
                                   f"or {ids[1]} (Target)")
 
 
+def raw_schema(channels: list[str], stim_column: str) -> T.StructType:
+    """raw_eeg's chunk rows (udfs.raw_chunks): samples as little-endian byte strings per channel."""
+    return T.StructType([
+        T.StructField("subject_id", T.IntegerType(), False),
+        T.StructField("sample_idx", T.LongType(), False),
+        T.StructField("n_samples", T.IntegerType(), False),
+        *[T.StructField(c, T.BinaryType(), True) for c in channels],
+        T.StructField(stim_column, T.BinaryType(), False),
+        T.StructField("ingest_id", T.StringType(), False),
+        T.StructField("sfreq", T.DoubleType(), False),
+    ])
+
+
 def _raw_frame(spark: SparkSession, cfg: Config, todo: list[FileDecision], width: int) -> DataFrame:
-    """The files to write as one DataFrame in the table's column order (channels 1..width)."""
+    """The files to write as chunk rows, channels 1..width (null where a file has fewer)."""
     sig = cfg.signal
     all_chans = [f"{sig.channel_prefix}{i}" for i in range(1, width + 1)]
     frames = []
@@ -296,15 +310,52 @@ def _raw_frame(spark: SparkSession, cfg: Config, todo: list[FileDecision], width
             F.lit(d.ingest_id).alias("ingest_id"),
             F.lit(d.sfreq).cast("double").alias("sfreq"),
         ))
-    return reduce(DataFrame.unionByName, frames)
+    chunk, stim = cfg.storage.raw_chunk_samples, sig.stim_column
+
+    def pack(batches):
+        for pdf in batches:
+            yield raw_chunks.encode(pdf, all_chans, stim, chunk, carry=("ingest_id", "sfreq"))
+
+    return reduce(DataFrame.unionByName, frames).mapInPandas(pack, raw_schema(all_chans, stim))
+
+
+def raw_samples(spark: SparkSession, cfg: Config, version: int | None = None) -> DataFrame:
+    """raw_eeg as one row per sample (subject_id, sample_idx, eeg_ch1..N float, stim int), for people.
+
+    Each chunk row expands on its own (no shuffle); filter on subject_id first to read less."""
+    raw = storage.read_table(spark, cfg, "raw_eeg", version)
+    sig = cfg.signal
+    chans = channel_columns(raw.columns, sig.channel_prefix)
+    schema = T.StructType([
+        T.StructField("subject_id", T.IntegerType(), False),
+        T.StructField("sample_idx", T.LongType(), False),
+        *[T.StructField(c, T.FloatType(), True) for c in chans],
+        T.StructField(sig.stim_column, T.IntegerType(), False),
+    ])
+
+    def expand(batches):
+        for pdf in batches:
+            yield raw_chunks.samples(pdf, chans, sig.stim_column)
+
+    return raw.mapInPandas(expand, schema)
+
+
+def _check_layout(spark: SparkSession, cfg: Config) -> list[str]:
+    """The channels of an existing raw_eeg; refuses the per-sample layout of earlier versions."""
+    if not storage.table_exists(spark, cfg, "raw_eeg"):
+        return []
+    columns = storage.read_table(spark, cfg, "raw_eeg").columns
+    if "n_samples" not in columns:
+        raise RuntimeError(f"{cfg.table('raw_eeg')} has the old one-row-per-sample layout; this version stores "
+                           "chunk rows (see README, 'raw_eeg layout'): move that table aside and ingest the "
+                           "archived files again")
+    return channel_columns(columns, cfg.signal.channel_prefix)
 
 
 def _write_raw(spark: SparkSession, cfg: Config, todo: list[FileDecision], run_id: str) -> int:
     """ONE commit for the whole batch; replaceWhere makes a retried write a replacement."""
     width = max(len(d.channels) for d in todo)
-    if storage.table_exists(spark, cfg, "raw_eeg"):
-        existing = channel_columns(storage.read_table(spark, cfg, "raw_eeg").columns, cfg.signal.channel_prefix)
-        width = max(width, len(existing))
+    width = max(width, len(_check_layout(spark, cfg)))
     df = _raw_frame(spark, cfg, todo, width)
     storage.create_table(spark, cfg, "raw_eeg", df.schema, ["subject_id"], RAW_TABLE_PROPERTIES)
     subjects = sorted({d.subject_id for d in todo})
@@ -313,9 +364,12 @@ def _write_raw(spark: SparkSession, cfg: Config, todo: list[FileDecision], run_i
               .option("replaceWhere", f"subject_id IN ({', '.join(map(str, subjects))})")
               .option("mergeSchema", "true")
               .option("userMetadata", json.dumps(meta)))
-    # EEG samples are (nearly) all distinct floats: a dictionary costs CPU and is dropped anyway
-    no_dict = {f"parquet.enable.dictionary#{c}": "false" for c in channel_columns(df.columns, cfg.signal.channel_prefix)}
-    with storage.session_conf(spark, no_dict):
+    # one Arrow batch per chunk, so the encoder sees whole chunks; no Parquet dictionary for
+    # the sample blocks (all distinct: it would cost CPU and be dropped anyway)
+    conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.storage.raw_chunk_samples),
+            **{f"parquet.enable.dictionary#{c}": "false"
+               for c in [*channel_columns(df.columns, cfg.signal.channel_prefix), cfg.signal.stim_column]}}
+    with storage.session_conf(spark, conf):
         storage.save(writer, cfg, "raw_eeg")
     return int(storage.table_version(spark, cfg, "raw_eeg"))
 

@@ -5,7 +5,7 @@ raw_eeg row carries) has no preprocess_log entry yet: new subjects, and subjects
 raw data was replaced since. ``--reprocess`` recomputes the given subjects (all when
 none are given) regardless. The whole batch is ONE Spark job:
 
-    raw_eeg @ version v  (pending subjects only, partition-pruned)
+    raw_eeg @ version v  (pending subjects only, partition-pruned; chunk rows, udfs/raw_chunks.py)
       -> repartition(n, subject_id)      (n chosen so that no two subjects share a task)
       -> groupBy(subject_id).applyInPandas(udfs.preprocess.run_subject)
       -> features: overwrite replaceWhere subject_id IN (pending)   (ONE atomic commit)
@@ -209,7 +209,8 @@ def preprocess(spark: SparkSession, cfg: Config, subjects: Sequence[int] | None 
     acc = spark.sparkContext.accumulator([], _ListParam())
     base = Settings.from_config(cfg)
     features = (raw.where(F.col("subject_id").isin(pending))
-                .select("subject_id", "sample_idx", *chans, cfg.signal.stim_column)
+                .select("subject_id", "sample_idx", *(["n_samples"] if "n_samples" in raw.columns else []),
+                        *chans, cfg.signal.stim_column)
                 .repartition(n_parts, "subject_id")
                 .groupBy("subject_id")
                 .applyInPandas(_subject_function(base, info, acc), FEATURES_SCHEMA))

@@ -16,7 +16,7 @@ from pyspark.sql import types as T
 import pipeline.ingest as ingest_mod
 from pipeline import storage
 from pipeline.cli import run
-from pipeline.ingest import INGEST_LOG_SCHEMA, ingest
+from pipeline.ingest import INGEST_LOG_SCHEMA, ingest, raw_samples
 from pipeline.synth import subject_file_name, synth_subject, write_subject_file
 
 SFREQ = 128.0
@@ -33,8 +33,9 @@ def deliver(cfg, sid: int, minutes: float = 1.0, seed: int = 0, name: str | None
 
 
 def raw_counts(spark, cfg) -> dict[int, int]:
-    rows = storage.read_table(spark, cfg, "raw_eeg").groupBy("subject_id").count().collect()
-    return {r.subject_id: r["count"] for r in rows}
+    """Samples per subject in raw_eeg (the sum of its chunks' n_samples)."""
+    rows = storage.read_table(spark, cfg, "raw_eeg").groupBy("subject_id").agg(F.sum("n_samples").alias("n")).collect()
+    return {r.subject_id: r.n for r in rows}
 
 
 def log_rows(spark, cfg) -> pd.DataFrame:
@@ -46,13 +47,20 @@ def names(path: str) -> list[str]:
     return sorted(x.name for x in p.iterdir()) if p.exists() else []
 
 
-RAW_SCHEMA = T.StructType([
+RAW_SCHEMA = T.StructType([  # chunk rows (udfs/raw_chunks.py)
+    T.StructField("subject_id", T.IntegerType(), False),
+    T.StructField("sample_idx", T.LongType(), False),
+    T.StructField("n_samples", T.IntegerType(), False),
+    *[T.StructField(f"eeg_ch{i}", T.BinaryType(), True) for i in range(1, 5)],
+    T.StructField("stim", T.BinaryType(), False),
+    T.StructField("ingest_id", T.StringType(), False),
+    T.StructField("sfreq", T.DoubleType(), False),
+])
+SAMPLES_SCHEMA = T.StructType([  # raw_samples(): the per-sample view
     T.StructField("subject_id", T.IntegerType(), False),
     T.StructField("sample_idx", T.LongType(), False),
     *[T.StructField(f"eeg_ch{i}", T.FloatType(), True) for i in range(1, 5)],
-    T.StructField("stim", T.IntegerType(), True),
-    T.StructField("ingest_id", T.StringType(), False),
-    T.StructField("sfreq", T.DoubleType(), False),
+    T.StructField("stim", T.IntegerType(), False),
 ])
 
 
@@ -66,11 +74,15 @@ def test_good_files_end_to_end_and_rerun_is_a_no_op(spark, cfg, capsys):
     raw = storage.read_table(spark, cfg, "raw_eeg")
     assert_schema_equality(raw.schema, RAW_SCHEMA, ignore_nullable=False)
     assert raw_counts(spark, cfg) == {1: len(frames[1]), 2: len(frames[2])}
-    # the values and the sample order survive, row for row
+    # 7680 samples in chunks of 16384 (the CLI's default config): one row per subject
+    assert sorted(tuple(r) for r in raw.select("subject_id", "sample_idx", "n_samples").collect()) == [
+        (1, 0, len(frames[1])), (2, 0, len(frames[2]))]
+    # the values and the sample order survive, sample for sample
+    samples = raw_samples(spark, cfg)
+    assert_schema_equality(samples.schema, SAMPLES_SCHEMA, ignore_nullable=False)
     src = frames[2].assign(subject_id=np.int32(2), sample_idx=np.arange(len(frames[2]), dtype=np.int64))
-    expected = spark.createDataFrame(src).select(*[F.col(c).cast(RAW_SCHEMA[c].dataType) for c in RAW_SCHEMA.names[:7]])
-    assert_df_equality(raw.where("subject_id = 2").select(*RAW_SCHEMA.names[:7]), expected,
-                       ignore_row_order=True, ignore_nullable=True)
+    expected = spark.createDataFrame(src).select(*[F.col(c).cast(SAMPLES_SCHEMA[c].dataType) for c in SAMPLES_SCHEMA.names])
+    assert_df_equality(samples.where("subject_id = 2"), expected, ignore_row_order=True, ignore_nullable=True)
     assert raw.select("sfreq").distinct().collect()[0][0] == SFREQ
 
     log = storage.read_table(spark, cfg, "ingest_log")

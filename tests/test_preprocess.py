@@ -54,8 +54,8 @@ def test_good_subjects_failures_isolated_rerun_and_reprocess(spark, cfg, capsys,
     deliver(cfg, 3, transform=lambda f: f.assign(**{c: f[c] * 40 for c in f.columns if c.startswith("eeg")}))
     deliver(cfg, 4, transform=lambda f: f.assign(stim=np.where(np.arange(len(f)) == 5, 2, 0).astype(np.int32)))
     assert ingest(spark, cfg).count("ingested") == 4
-    # a subject whose raw rows have a hole (written around ingest): the function raises for it
-    holey = (storage.read_table(spark, cfg, "raw_eeg").where("subject_id = 1 and sample_idx != 100")
+    # a subject whose raw chunks have a hole (written around ingest): the function raises for it
+    holey = (storage.read_table(spark, cfg, "raw_eeg").where("subject_id = 1 and sample_idx != 2048")
              .withColumn("subject_id", F.lit(5)).withColumn("ingest_id", F.lit("manual")))
     holey.write.format("delta").mode("append").save(cfg.table("raw_eeg"))
     raw_version = storage.table_version(spark, cfg, "raw_eeg")
@@ -131,3 +131,19 @@ def test_replaced_raw_data_is_preprocessed_again(spark, cfg):
     assert_df_equality(storage.read_table(spark, cfg, "features"), expected_features(spark, cfg, 1, newer),
                        ignore_row_order=True, ignore_nullable=True)
     assert preprocess(spark, cfg).log == []
+
+
+def test_a_per_sample_raw_table_of_an_earlier_version(spark, cfg):
+    """Preprocessing still reads the old one-row-per-sample layout; ingest refuses to mix layouts."""
+    frame = synth_subject(1, minutes=1.0, n_channels=4, sfreq=SFREQ, seed=0)
+    old = frame.assign(subject_id=np.int32(1), sample_idx=np.arange(len(frame), dtype=np.int64),
+                       ingest_id="old", sfreq=SFREQ)
+    spark.createDataFrame(old).write.format("delta").partitionBy("subject_id").save(cfg.table("raw_eeg"))
+    summary = preprocess(spark, cfg)
+    assert [(r["subject_id"], r["status"]) for r in summary.log] == [(1, "ok")]
+    assert_df_equality(storage.read_table(spark, cfg, "features"), expected_features(spark, cfg, 1, frame),
+                       ignore_row_order=True, ignore_nullable=True)
+    deliver(cfg, 2)
+    with pytest.raises(RuntimeError, match="old one-row-per-sample layout"):
+        ingest(spark, cfg)
+    assert (Path(cfg.landing_dir) / subject_file_name(2)).exists()  # nothing moved, nothing lost

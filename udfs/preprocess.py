@@ -37,6 +37,8 @@ import numpy as np
 import pandas as pd
 from scipy import signal
 
+from udfs import raw_chunks
+
 __all__ = [
     "Settings",
     "SubjectResult",
@@ -268,10 +270,22 @@ def _subject_id(raw: pd.DataFrame) -> int:
 
 
 def _signal_matrix(raw: pd.DataFrame, s: Settings) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(channels x samples float64 in sample order, stim, channel names); checks the contract."""
+    """(channels x samples float64 in sample order, stim, channel names); checks the contract.
+
+    Takes raw_eeg's chunk rows or plain per-sample rows (a landing file, a test frame)."""
     if s.stim_column not in raw.columns:
         raise PreprocessError(f"no {s.stim_column!r} column")
     chans = channel_columns(raw.columns, s.channel_prefix)
+    if raw_chunks.is_chunked(raw):  # raw_eeg's layout: chunk rows of float32 byte strings
+        try:
+            data, stim, chans = raw_chunks.decode(raw, chans, s.stim_column)
+        except raw_chunks.ChunkError as exc:
+            raise PreprocessError(str(exc)) from None
+        if s.n_channels is not None:
+            data, chans = data[: s.n_channels], chans[: s.n_channels]
+        if not chans:
+            raise PreprocessError(f"no {s.channel_prefix}* channels with data")
+        return _checked(data, chans), stim, chans
     # channels absent for this subject (a wider table after schema merge) arrive as all-null
     chans = [c for c in chans if raw[c].notna().any()]
     if s.n_channels is not None:
@@ -293,14 +307,18 @@ def _signal_matrix(raw: pd.DataFrame, s: Settings) -> tuple[np.ndarray, np.ndarr
     for i, c in enumerate(chans):
         col = raw[c].to_numpy(dtype=np.float64, na_value=np.nan)
         data[i] = col if order is None else col[order]
+    stim = raw[s.stim_column].to_numpy()
+    if order is not None:
+        stim = stim[order]
+    return _checked(data, chans), np.nan_to_num(stim.astype(np.float64)).astype(np.int64), chans
+
+
+def _checked(data: np.ndarray, chans: list[str]) -> np.ndarray:
     bad = ~np.isfinite(data)
     if bad.any():
         worst = [chans[i] for i in np.flatnonzero(bad.any(axis=1))]
         raise PreprocessError(f"{int(bad.sum())} NaN/inf samples in {', '.join(worst[:5])}")
-    stim = raw[s.stim_column].to_numpy()
-    if order is not None:
-        stim = stim[order]
-    return data, np.nan_to_num(stim.astype(np.float64)).astype(np.int64), chans
+    return data
 
 
 def find_onsets(stim: np.ndarray, s: Settings) -> tuple[np.ndarray, np.ndarray]:
