@@ -11,7 +11,9 @@ One run:
 3. checks the data of the files to ingest in ONE Spark job (NaN/inf channels, events,
    whole-number stim codes) and writes all the good ones in ONE Delta commit: an
    overwrite with ``replaceWhere subject_id IN (...)``, so a retried write replaces
-   rather than duplicates; each row carries the file's ``ingest_id`` and ``sfreq``;
+   rather than duplicates; each row (a chunk of samples, udfs/raw_chunks.py) carries
+   the file's ``ingest_id`` and ``sfreq``. Both jobs read each file whole with Spark's
+   ``binaryFile`` source and decode it with pyarrow on the executors (udfs/landing.py);
 4. appends one ingest_log row per file (one commit), each naming the destination;
 5. moves the originals to archive/ or quarantine/.
 
@@ -29,7 +31,6 @@ import struct
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import reduce
 from typing import Any, Iterable
 
 import pyarrow as pa
@@ -41,7 +42,7 @@ from pyspark.sql import types as T
 from pipeline import storage
 from pipeline.config import Config
 from pipeline.report import Reporter
-from udfs import raw_chunks
+from udfs import landing, raw_chunks
 from udfs.preprocess import channel_columns
 
 __all__ = ["INGEST_LOG_SCHEMA", "IngestSummary", "FileDecision", "ingest", "main", "parse_subject_id",
@@ -226,60 +227,55 @@ def _log_state(spark: SparkSession, cfg: Config) -> tuple[dict[str, dict[str, An
 
 # ---- the data checks and the write --------------------------------------------------------------
 
-def _read_file(spark: SparkSession, cfg: Config, d: FileDecision) -> DataFrame:
-    sig = cfg.signal
-    return spark.read.parquet(d.info.path).select(
-        F.lit(d.subject_id).cast("int").alias("subject_id"),
-        F.col("_metadata.row_index").cast("long").alias("sample_idx"),
-        *[F.col(c).cast("float").alias(c) for c in d.channels],
-        F.col(sig.stim_column).alias(sig.stim_column),
-    )
+def _binary_files(spark: SparkSession, todo: list[FileDecision]) -> DataFrame:
+    """The files' bytes, one row per file (Spark's binaryFile source, through Hadoop's FileSystem)."""
+    return spark.read.format("binaryFile").load([d.info.path for d in todo]).select("path", "content")
 
 
-def _check_frame(spark: SparkSession, cfg: Config, i: int, d: FileDecision) -> DataFrame:
-    sig = cfg.signal
-    stim = F.col(sig.stim_column)
-    bad_stim = stim.isNull() | ((stim != F.floor(stim)) if d.stim_float else F.lit(False))
-    return spark.read.parquet(d.info.path).agg(
-        F.lit(i).alias("i"),
-        F.count(F.lit(1)).alias("rows"),
-        F.array(*[F.sum((F.col(c).isNull() | F.isnan(F.col(c).cast("double"))
-                         | F.col(c).cast("double").isin(float("inf"), float("-inf"))).cast("long"))
-                  for c in d.channels]).alias("bad"),
-        F.sum(stim.isin(sig.event_ids.nontarget, sig.event_ids.target).cast("long")).alias("events"),
-        F.sum(bad_stim.cast("long")).alias("bad_stim"),
-    )
+# one file per Arrow batch and per task: a file is one large cell, and files spread over the cores
+_FILE_JOB_CONF = {"spark.sql.execution.arrow.maxRecordsPerBatch": "1",
+                  "spark.sql.files.maxPartitionBytes": str(1 << 20), "spark.sql.files.openCostInBytes": str(1 << 20)}
+
+_CHECK_SCHEMA = T.StructType([
+    T.StructField("name", T.StringType(), False),
+    T.StructField("rows", T.LongType(), True),
+    T.StructField("bad", T.StringType(), True),
+    T.StructField("events", T.LongType(), True),
+    T.StructField("bad_stim", T.LongType(), True),
+    T.StructField("error", T.StringType(), True),
+])
 
 
 def _data_checks(spark: SparkSession, cfg: Config, todo: list[FileDecision]) -> None:
-    """One Spark job over all files to write: rejects NaN/inf channels, no events, odd stim codes.
-
-    A file whose footer parses but whose data does not (corrupt pages) fails that job;
-    then each file is checked alone, so only the broken ones are quarantined."""
+    """One Spark job over all files to write: rejects NaN/inf channels, no events, odd stim codes,
+    and data that does not decode although the footer did (corrupt pages)."""
     sig = cfg.signal
     ids = (sig.event_ids.nontarget, sig.event_ids.target)
-    try:
-        results = reduce(DataFrame.unionByName, [_check_frame(spark, cfg, i, d) for i, d in enumerate(todo)]).collect()
-    except Exception:  # noqa: BLE001 - find the culprit(s) below
-        results = []
-        for i, d in enumerate(todo):
-            try:
-                results.extend(_check_frame(spark, cfg, i, d).collect())
-            except Exception as exc:  # noqa: BLE001
-                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-                d.reject("unreadable", f"the data cannot be read: {first}")
-    for r in results:
-        d = todo[r.i]
+    specs = {d.info.name: {"channels": d.channels, "stim_float": d.stim_float} for d in todo}
+    stim = sig.stim_column
+
+    def check(batches):
+        return landing.check_files(batches, specs, stim, ids)
+
+    with storage.session_conf(spark, _FILE_JOB_CONF):
+        results = {r.name: r for r in _binary_files(spark, todo).mapInPandas(check, _CHECK_SCHEMA).collect()}
+    for d in todo:
+        r = results.get(d.info.name)
+        if r is None:
+            d.reject("unreadable", "the file could not be read back from the landing zone")
+            continue
+        if r.error is not None:
+            d.reject("unreadable", f"the data cannot be read: {r.error}")
+            continue
         d.rows = int(r.rows)
-        bad = {c: int(n) for c, n in zip(d.channels, r.bad) if n}
+        bad = json.loads(r.bad)
         if bad:
             detail = ", ".join(f"{c}: {n} of {d.rows}" for c, n in list(bad.items())[:5])
-            kind = "nan_channels"
-            d.reject(kind, f"NaN/inf samples in {len(bad)} channel(s): {detail}")
+            d.reject("nan_channels", f"NaN/inf samples in {len(bad)} channel(s): {detail}")
         elif r.bad_stim:
-            d.reject("bad_stim", f"{r.bad_stim} {sig.stim_column} values are missing or not whole numbers")
+            d.reject("bad_stim", f"{r.bad_stim} {stim} values are missing or not whole numbers")
         elif not r.events:
-            d.reject("no_events", f"no events: {sig.stim_column} never takes the values {ids[0]} (NonTarget) "
+            d.reject("no_events", f"no events: {stim} never takes the values {ids[0]} (NonTarget) "
                                   f"or {ids[1]} (Target)")
 
 
@@ -300,23 +296,14 @@ def _raw_frame(spark: SparkSession, cfg: Config, todo: list[FileDecision], width
     """The files to write as chunk rows, channels 1..width (null where a file has fewer)."""
     sig = cfg.signal
     all_chans = [f"{sig.channel_prefix}{i}" for i in range(1, width + 1)]
-    frames = []
-    for d in todo:
-        df = _read_file(spark, cfg, d)
-        frames.append(df.select(
-            "subject_id", "sample_idx",
-            *[F.col(c) if c in d.channels else F.lit(None).cast("float").alias(c) for c in all_chans],
-            F.col(sig.stim_column).cast("int").alias(sig.stim_column),
-            F.lit(d.ingest_id).alias("ingest_id"),
-            F.lit(d.sfreq).cast("double").alias("sfreq"),
-        ))
+    specs = {d.info.name: {"subject_id": d.subject_id, "channels": d.channels, "ingest_id": d.ingest_id,
+                           "sfreq": d.sfreq} for d in todo}
     chunk, stim = cfg.storage.raw_chunk_samples, sig.stim_column
 
-    def pack(batches):
-        for pdf in batches:
-            yield raw_chunks.encode(pdf, all_chans, stim, chunk, carry=("ingest_id", "sfreq"))
+    def encode(batches):
+        return landing.encode_files(batches, specs, all_chans, stim, chunk)
 
-    return reduce(DataFrame.unionByName, frames).mapInPandas(pack, raw_schema(all_chans, stim))
+    return _binary_files(spark, todo).mapInPandas(encode, raw_schema(all_chans, stim))
 
 
 def raw_samples(spark: SparkSession, cfg: Config, version: int | None = None) -> DataFrame:
@@ -364,11 +351,9 @@ def _write_raw(spark: SparkSession, cfg: Config, todo: list[FileDecision], run_i
               .option("replaceWhere", f"subject_id IN ({', '.join(map(str, subjects))})")
               .option("mergeSchema", "true")
               .option("userMetadata", json.dumps(meta)))
-    # one Arrow batch per chunk, so the encoder sees whole chunks; no Parquet dictionary for
-    # the sample blocks (all distinct: it would cost CPU and be dropped anyway)
-    conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.storage.raw_chunk_samples),
-            **{f"parquet.enable.dictionary#{c}": "false"
-               for c in [*channel_columns(df.columns, cfg.signal.channel_prefix), cfg.signal.stim_column]}}
+    # no Parquet dictionary for the sample blocks (all distinct: it would cost CPU and be dropped anyway)
+    conf = {**_FILE_JOB_CONF, **{f"parquet.enable.dictionary#{c}": "false"
+                                 for c in [*channel_columns(df.columns, cfg.signal.channel_prefix), cfg.signal.stim_column]}}
     with storage.session_conf(spark, conf):
         storage.save(writer, cfg, "raw_eeg")
     return int(storage.table_version(spark, cfg, "raw_eeg"))
