@@ -71,6 +71,8 @@ INGEST_LOG_SCHEMA = T.StructType([
 # min/max over every EEG channel would cost write time and never skip a file.
 RAW_TABLE_PROPERTIES = {"delta.dataSkippingStatsColumns": "sample_idx"}
 OK_STATUSES = ("ingested", "replaced")
+# Spark's binaryFile source holds a file in one byte array: Java arrays stop just short of 2 GiB
+MAX_FILE_BYTES = (1 << 31) - (1 << 20)
 
 
 @dataclass
@@ -155,6 +157,10 @@ def _inspect(spark: SparkSession, cfg: Config, info: storage.FileInfo, sid: int)
     chans = channel_columns(names, sig.channel_prefix)
     if d.rows == 0:
         return d.reject("empty", "the file has no rows")
+    if info.size > MAX_FILE_BYTES:
+        return d.reject("too_large", f"{info.size:,} bytes: ingest reads a subject file as one binary cell of at "
+                                     f"most {MAX_FILE_BYTES:,} bytes (Java's array limit); float32 channels and "
+                                     "Parquet compression make it smaller")
     if sig.stim_column not in names:
         return d.reject("no_stim", f"no {sig.stim_column!r} column (columns: {', '.join(names[:8])})")
     if not chans:

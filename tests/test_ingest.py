@@ -262,3 +262,12 @@ def test_hadoop_file_helpers(spark, tmp_path):
     (tmp_path / "a" / "g.bin").write_bytes(b"")
     with pytest.raises(FileExistsError):
         storage.move_file(spark, str(tmp_path / "a" / "g.bin"), dst)
+
+
+def test_a_file_too_large_for_one_binary_cell_is_quarantined(spark, cfg, monkeypatch):
+    monkeypatch.setattr(ingest_mod, "MAX_FILE_BYTES", 1000)
+    deliver(cfg, 1)
+    summary = ingest(spark, cfg)
+    assert [(d.status, d.kind) for d in summary.decisions] == [("quarantined", "too_large")]
+    assert "binary cell" in summary.decisions[0].reason
+    assert names(cfg.quarantine_dir) == ["subject_01_eeg_stim.parquet"]

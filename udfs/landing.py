@@ -36,7 +36,7 @@ def _read(content: bytes, columns: Sequence[str]) -> pa.Table:
 
 def check_file(content: bytes, channels: Sequence[str], stim_column: str, event_ids: Sequence[int],
                stim_float: bool) -> dict[str, Any]:
-    """Rows, NaN/inf count per channel, event onsets count, bad stim values; or the read error."""
+    """Rows, NaN/inf count per channel, samples with an event code, bad stim values; or the read error."""
     try:
         table = _read(content, [*channels, stim_column])
     except Exception as exc:  # noqa: BLE001 - a footer that parses over data that does not
