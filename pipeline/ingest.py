@@ -328,7 +328,8 @@ def raw_samples(spark: SparkSession, cfg: Config, version: int | None = None) ->
 
     def expand(batches):
         for pdf in batches:
-            yield raw_chunks.samples(pdf, chans, sig.stim_column)
+            for i in range(len(pdf)):  # chunk by chunk: a batch of chunk rows can hold hours of samples
+                yield raw_chunks.samples(pdf.iloc[i:i + 1], chans, sig.stim_column)
 
     return raw.mapInPandas(expand, schema)
 
