@@ -312,11 +312,15 @@ def _raw_frame(spark: SparkSession, cfg: Config, todo: list[FileDecision], width
     return _binary_files(spark, todo).mapInPandas(encode, raw_schema(all_chans, stim))
 
 
-def raw_samples(spark: SparkSession, cfg: Config, version: int | None = None) -> DataFrame:
+def raw_samples(spark: SparkSession, cfg: Config, subjects: Iterable[int] | None = None,
+                version: int | None = None) -> DataFrame:
     """raw_eeg as one row per sample (subject_id, sample_idx, eeg_ch1..N float, stim int), for people.
 
-    Each chunk row expands on its own (no shuffle); filter on subject_id first to read less."""
+    Each chunk row expands on its own (no shuffle); ``subjects`` prunes partitions before
+    anything is expanded (a filter on the result would expand every subject first)."""
     raw = storage.read_table(spark, cfg, "raw_eeg", version)
+    if subjects is not None:
+        raw = raw.where(F.col("subject_id").isin([int(s) for s in subjects]))
     sig = cfg.signal
     chans = channel_columns(raw.columns, sig.channel_prefix)
     schema = T.StructType([

@@ -82,7 +82,8 @@ def test_good_files_end_to_end_and_rerun_is_a_no_op(spark, cfg, capsys):
     assert_schema_equality(samples.schema, SAMPLES_SCHEMA, ignore_nullable=False)
     src = frames[2].assign(subject_id=np.int32(2), sample_idx=np.arange(len(frames[2]), dtype=np.int64))
     expected = spark.createDataFrame(src).select(*[F.col(c).cast(SAMPLES_SCHEMA[c].dataType) for c in SAMPLES_SCHEMA.names])
-    assert_df_equality(samples.where("subject_id = 2"), expected, ignore_row_order=True, ignore_nullable=True)
+    assert_df_equality(raw_samples(spark, cfg, subjects=[2]), expected, ignore_row_order=True, ignore_nullable=True)
+    assert samples.count() == len(frames[1]) + len(frames[2])
     assert raw.select("sfreq").distinct().collect()[0][0] == SFREQ
 
     log = storage.read_table(spark, cfg, "ingest_log")
