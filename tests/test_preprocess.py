@@ -147,3 +147,25 @@ def test_a_per_sample_raw_table_of_an_earlier_version(spark, cfg):
     with pytest.raises(RuntimeError, match="old one-row-per-sample layout"):
         ingest(spark, cfg)
     assert (Path(cfg.landing_dir) / subject_file_name(2)).exists()  # nothing moved, nothing lost
+
+
+def test_subjects_with_different_channel_counts_share_raw_eeg(spark, cfg):
+    """A wider file adds channel columns (schema merge); a narrower one leaves them null."""
+    def deliver_width(sid: int, width: int) -> None:
+        frame = synth_subject(sid, minutes=0.5, n_channels=width, sfreq=SFREQ, seed=0)
+        write_subject_file(frame, Path(cfg.landing_dir) / subject_file_name(sid), SFREQ)
+
+    deliver_width(1, 4)
+    ingest(spark, cfg)
+    deliver_width(2, 6)
+    deliver_width(3, 2)
+    assert ingest(spark, cfg).count("ingested") == 2
+    raw = storage.read_table(spark, cfg, "raw_eeg")
+    assert [c for c in raw.columns if c.startswith("eeg_ch")] == [f"eeg_ch{i}" for i in range(1, 7)]
+    nulls = {r.subject_id: r.n for r in raw.groupBy("subject_id").agg(F.sum(F.col("eeg_ch5").isNull().cast("int")).alias("n")).collect()}
+    assert nulls[2] == 0 and nulls[1] > 0 and nulls[3] > 0
+    summary = preprocess(spark, cfg)
+    assert [(r["subject_id"], r["status"], r["n_channels"]) for r in summary.log] == [(1, "ok", 4), (2, "ok", 6), (3, "ok", 2)]
+    sizes = {r.subject_id: r.n for r in storage.read_table(spark, cfg, "features")
+             .groupBy("subject_id").agg(F.max(F.size("features")).alias("n")).collect()}
+    assert sizes == {1: 4 * 71, 2: 6 * 71, 3: 2 * 71}
