@@ -12,7 +12,7 @@ from pipeline.spark import get_spark
 
 def make_config(root: Path, **overrides: str) -> Config:
     """A test configuration on a temporary root (the environment is ignored on purpose)."""
-    # small raw_eeg chunks, so that test recordings (seconds to a minute) span several
+    # small raw_eeg chunks, so that test recordings (seconds to a minute) span several rows
     sets = {"spark.master": "local[2]", "spark.shuffle_partitions": "2", "storage.raw_chunk_samples": "2048",
             **overrides}
     return load_config(root=str(root), env={}, overrides=sets)
