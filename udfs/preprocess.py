@@ -281,17 +281,24 @@ def _signal_matrix(raw: pd.DataFrame, s: Settings) -> tuple[np.ndarray, np.ndarr
             data, stim, chans = raw_chunks.decode(raw, chans, s.stim_column)
         except raw_chunks.ChunkError as exc:
             raise PreprocessError(str(exc)) from None
-        if s.n_channels is not None:
-            data, chans = data[: s.n_channels], chans[: s.n_channels]
-        if not chans:
-            raise PreprocessError(f"no {s.channel_prefix}* channels with data")
-        return _checked(data, chans), stim, chans
-    # channels absent for this subject (a wider table after schema merge) arrive as all-null
-    chans = [c for c in chans if raw[c].notna().any()]
+    else:
+        data, stim, chans = _from_samples(raw, chans, s.stim_column)
     if s.n_channels is not None:
-        chans = chans[: s.n_channels]
+        data, chans = data[: s.n_channels], chans[: s.n_channels]
     if not chans:
         raise PreprocessError(f"no {s.channel_prefix}* channels with data")
+    bad = ~np.isfinite(data)
+    if bad.any():
+        worst = [chans[i] for i in np.flatnonzero(bad.any(axis=1))]
+        raise PreprocessError(f"{int(bad.sum())} NaN/inf samples in {', '.join(worst[:5])}")
+    return data, stim, chans
+
+
+def _from_samples(raw: pd.DataFrame, chans: list[str], stim_column: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One row per sample (ordered by ``sample_idx`` when present) -> channels with data x samples."""
+    # channels absent for this subject (a wider table after schema merge) arrive as all-null
+    chans = [c for c in chans if raw[c].notna().any()]
+    order = None
     if "sample_idx" in raw.columns:
         idx = raw["sample_idx"].to_numpy()
         order = None if bool(np.all(idx[1:] > idx[:-1])) else np.argsort(idx, kind="stable")
@@ -301,24 +308,14 @@ def _signal_matrix(raw: pd.DataFrame, s: Settings) -> tuple[np.ndarray, np.ndarr
             raise PreprocessError(
                 f"sample_idx must run 0..{len(sorted_idx) - 1} without gaps or repeats, "
                 f"got {sorted_idx[0]}..{sorted_idx[-1]}")
-    else:
-        order = None
     data = np.empty((len(chans), len(raw)), dtype=np.float64)
     for i, c in enumerate(chans):
         col = raw[c].to_numpy(dtype=np.float64, na_value=np.nan)
         data[i] = col if order is None else col[order]
-    stim = raw[s.stim_column].to_numpy()
+    stim = raw[stim_column].to_numpy()
     if order is not None:
         stim = stim[order]
-    return _checked(data, chans), np.nan_to_num(stim.astype(np.float64)).astype(np.int64), chans
-
-
-def _checked(data: np.ndarray, chans: list[str]) -> np.ndarray:
-    bad = ~np.isfinite(data)
-    if bad.any():
-        worst = [chans[i] for i in np.flatnonzero(bad.any(axis=1))]
-        raise PreprocessError(f"{int(bad.sum())} NaN/inf samples in {', '.join(worst[:5])}")
-    return data
+    return data, np.nan_to_num(stim.astype(np.float64)).astype(np.int64), chans
 
 
 def find_onsets(stim: np.ndarray, s: Settings) -> tuple[np.ndarray, np.ndarray]:
