@@ -55,8 +55,9 @@ def _summary(cfg: Config, rep: Reporter, timings: list[tuple[str, float, int]]) 
     spark = get_spark(cfg)
     log = read_table(spark, cfg, "preprocess_log")
     features = read_table(spark, cfg, "features")
-    per_label = {r["label"]: r["count"] for r in features.groupBy("label").count().collect()}
-    subjects = features.select("subject_id").distinct().count()
+    counts = features.groupBy("label").agg(F.count("*").alias("n"), F.collect_set("subject_id").alias("s")).collect()
+    per_label = {r["label"]: r["n"] for r in counts}
+    subjects = len({sid for r in counts for sid in r["s"]})
     failed = log.where(F.col("status") != "ok").select("subject_id").distinct().count()
     client = mlflow_client(cfg)
     rep.result("")
