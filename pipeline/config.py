@@ -142,6 +142,9 @@ class SparkConf(_Strict):
     app_name: str = "p300-pipeline"
     shuffle_partitions: int | None = Field(None, ge=1)
     ui: bool = False
+    # Heap of the driver JVM a local session starts (local mode runs the tasks in it too).
+    # Ingest holds each landing file whole in it, several copies per running task.
+    driver_memory: str | None = Field("4g", pattern=r"^[0-9]+[kKmMgGtT]?$")
     log_level: str = "WARN"
     delta_version: str = "4.4.0"
     delta_jars: list[str] = Field(default_factory=list)

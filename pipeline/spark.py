@@ -66,6 +66,10 @@ def spark_conf_pairs(cfg: Config, for_tests: bool = False) -> dict[str, str]:
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
     }
+    if cfg.spark.driver_memory:
+        # Spark's 1g default is too little for ingest: two tasks holding a 33 MB landing file
+        # each (bytes, row buffer, Parquet page buffers) already failed on a fragmented 1g heap
+        conf["spark.driver.memory"] = cfg.spark.driver_memory
     jars = delta_jar_paths(cfg)
     if jars:
         conf["spark.jars"] = ",".join(jars)

@@ -62,3 +62,15 @@ def test_missing_overlay_and_bad_yaml(tmp_path: Path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(bad, env={})
+
+
+def test_driver_memory_reaches_the_local_session(spark):
+    from pipeline.spark import spark_conf_pairs
+
+    assert spark_conf_pairs(load_config(env={}))["spark.driver.memory"] == "4g"
+    assert "spark.driver.memory" not in spark_conf_pairs(load_config(env={}, overrides=["spark.driver_memory=null"]))
+    with pytest.raises(ConfigError, match=r"spark\.driver_memory"):
+        load_config(env={}, overrides=["spark.driver_memory=lots"])
+    if spark.sparkContext.master.startswith("local"):  # the suite's own session was started with it
+        assert spark.conf.get("spark.driver.memory") == "4g"
+        assert spark._jvm.java.lang.Runtime.getRuntime().maxMemory() > 3 << 30
