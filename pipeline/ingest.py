@@ -12,8 +12,9 @@ One run:
    whole-number stim codes) and writes all the good ones in ONE Delta commit: an
    overwrite with ``replaceWhere subject_id IN (...)``, so a retried write replaces
    rather than duplicates; each row (a chunk of samples, udfs/raw_chunks.py) carries
-   the file's ``ingest_id`` and ``sfreq``. Both jobs read each file whole with Spark's
-   ``binaryFile`` source and decode it with pyarrow on the executors (udfs/landing.py);
+   the file's ``ingest_id`` and ``sfreq``. Both jobs hand out one file per task with
+   Spark's ``binaryFile`` source and decode it with pyarrow on the executors
+   (udfs/landing.py): local files by path, others as the bytes the JVM read;
 4. appends one ingest_log row per file (one commit), each naming the destination;
 5. moves the originals to archive/ or quarantine/.
 
@@ -157,10 +158,10 @@ def _inspect(spark: SparkSession, cfg: Config, info: storage.FileInfo, sid: int)
     chans = channel_columns(names, sig.channel_prefix)
     if d.rows == 0:
         return d.reject("empty", "the file has no rows")
-    if info.size > MAX_FILE_BYTES:
-        return d.reject("too_large", f"{info.size:,} bytes: ingest reads a subject file as one binary cell of at "
-                                     f"most {MAX_FILE_BYTES:,} bytes (Java's array limit); float32 channels and "
-                                     "Parquet compression make it smaller")
+    if info.local_path is None and info.size > MAX_FILE_BYTES:
+        return d.reject("too_large", f"{info.size:,} bytes: ingest reads a file that is not on the local file "
+                                     f"system as one binary cell of at most {MAX_FILE_BYTES:,} bytes (Java's array "
+                                     "limit); float32 channels and Parquet compression make it smaller")
     if sig.stim_column not in names:
         return d.reject("no_stim", f"no {sig.stim_column!r} column (columns: {', '.join(names[:8])})")
     if not chans:
@@ -234,8 +235,12 @@ def _log_state(spark: SparkSession, cfg: Config) -> tuple[dict[str, dict[str, An
 # ---- the data checks and the write --------------------------------------------------------------
 
 def _binary_files(spark: SparkSession, todo: list[FileDecision]) -> DataFrame:
-    """The files' bytes, one row per file (Spark's binaryFile source, through Hadoop's FileSystem)."""
-    return spark.read.format("binaryFile").load([d.info.path for d in todo]).select("path", "content")
+    """One row per file (Spark's binaryFile source, through Hadoop's FileSystem), with the file's
+    bytes only when a file is not on the local file system: without ``content`` Spark never
+    reads the file, and the executors open it by its ``local_path`` (udfs.landing.sources)."""
+    local = all(d.info.local_path for d in todo)
+    return (spark.read.format("binaryFile").load([d.info.path for d in todo])
+            .select("path", *([] if local else ["content"])))
 
 
 # one file per Arrow batch and per task: a file is one large cell, and files spread over the cores
@@ -257,7 +262,8 @@ def _data_checks(spark: SparkSession, cfg: Config, todo: list[FileDecision]) -> 
     and data that does not decode although the footer did (corrupt pages)."""
     sig = cfg.signal
     ids = (sig.event_ids.nontarget, sig.event_ids.target)
-    specs = {d.info.name: {"channels": d.channels, "stim_float": d.stim_float} for d in todo}
+    specs = {d.info.name: {"channels": d.channels, "stim_float": d.stim_float, "local_path": d.info.local_path}
+             for d in todo}
     stim = sig.stim_column
 
     def check(batches):
@@ -303,7 +309,7 @@ def _raw_frame(spark: SparkSession, cfg: Config, todo: list[FileDecision], width
     sig = cfg.signal
     all_chans = [f"{sig.channel_prefix}{i}" for i in range(1, width + 1)]
     specs = {d.info.name: {"subject_id": d.subject_id, "channels": d.channels, "ingest_id": d.ingest_id,
-                           "sfreq": d.sfreq} for d in todo}
+                           "sfreq": d.sfreq, "local_path": d.info.local_path} for d in todo}
     chunk, stim = cfg.storage.raw_chunk_samples, sig.stim_column
 
     def encode(batches):

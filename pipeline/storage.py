@@ -101,13 +101,17 @@ def session_conf(spark: SparkSession, conf: Mapping[str, str]) -> Iterator[None]
 
 @dataclass(frozen=True)
 class FileInfo:
-    """One directory entry; ``path`` is fully qualified (file:/..., dbfs:/...)."""
+    """One directory entry; ``path`` is fully qualified (file:/..., dbfs:/...).
+
+    ``local_path`` is the same entry as an operating-system path when it is on the local
+    file system (scheme ``file``), so that Python code on the executors can open it."""
 
     path: str
     name: str
     size: int
     mtime_ms: int
     is_dir: bool
+    local_path: str | None = None
 
 
 def _hadoop(spark: SparkSession, path: str) -> tuple[Any, Any]:
@@ -117,8 +121,10 @@ def _hadoop(spark: SparkSession, path: str) -> tuple[Any, Any]:
 
 def _info(status: Any) -> FileInfo:
     p = status.getPath()
+    uri = p.toUri()
+    local = str(uri.getPath()) if uri.getScheme() in (None, "file") else None
     return FileInfo(p.toString(), p.getName(), int(status.getLen()), int(status.getModificationTime()),
-                    bool(status.isDirectory()))
+                    bool(status.isDirectory()), local)
 
 
 def path_exists(spark: SparkSession, path: str) -> bool:

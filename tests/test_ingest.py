@@ -1,6 +1,7 @@
 """`p300 ingest` on a real local Spark + Delta: good files, every bad kind, duplicates, crashes."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,16 @@ SAMPLES_SCHEMA = T.StructType([  # raw_samples(): the per-sample view
 ])
 
 
-def test_good_files_end_to_end_and_rerun_is_a_no_op(spark, cfg, capsys):
+def files_elsewhere(monkeypatch) -> None:
+    """Landing files as a non-local file system shows them (no local path): the JVM reads their bytes."""
+    info = storage._info
+    monkeypatch.setattr(storage, "_info", lambda status: dataclasses.replace(info(status), local_path=None))
+
+
+@pytest.mark.parametrize("route", ["local path", "bytes through the JVM"])
+def test_good_files_end_to_end_and_rerun_is_a_no_op(spark, cfg, capsys, monkeypatch, route):
+    if route != "local path":
+        files_elsewhere(monkeypatch)
     frames = {sid: deliver(cfg, sid) for sid in (1, 2)}
     (landing(cfg) / "subject_03_eeg_stim.parquet.tmp").write_bytes(b"still being written")
     code = run(["--root", cfg.root, "--set", "spark.master=local[2]", "ingest"], environ={})
@@ -255,7 +265,11 @@ def test_hadoop_file_helpers(spark, tmp_path):
     src.write_bytes(b"0123456789")
     assert storage.read_range(spark, str(src), -4, 4) == b"6789"
     assert storage.read_range(spark, str(src), 2, 3) == b"234"
-    assert [f.name for f in storage.list_files(spark, str(tmp_path / "a"))] == ["f.bin"]
+    assert [(f.name, f.local_path) for f in storage.list_files(spark, str(tmp_path / "a"))] == [("f.bin", str(src))]
+    odd = tmp_path / "a b%20c.bin"  # the local path is decoded, not the URI's spelling
+    odd.write_bytes(b"x")
+    assert storage.file_info(spark, str(odd)).local_path == str(odd)
+    odd.unlink()
     assert storage.list_files(spark, str(tmp_path / "missing")) == []
     dst = str(tmp_path / "b" / "c" / "f.bin")
     storage.move_file(spark, str(src), dst)
@@ -268,7 +282,10 @@ def test_hadoop_file_helpers(spark, tmp_path):
 def test_a_file_too_large_for_one_binary_cell_is_quarantined(spark, cfg, monkeypatch):
     monkeypatch.setattr(ingest_mod, "MAX_FILE_BYTES", 1000)
     deliver(cfg, 1)
+    assert ingest(spark, cfg).count("ingested") == 1  # a local file never passes through the JVM whole
+    deliver(cfg, 2)
+    files_elsewhere(monkeypatch)
     summary = ingest(spark, cfg)
     assert [(d.status, d.kind) for d in summary.decisions] == [("quarantined", "too_large")]
     assert "binary cell" in summary.decisions[0].reason
-    assert names(cfg.quarantine_dir) == ["subject_01_eeg_stim.parquet"]
+    assert names(cfg.quarantine_dir) == ["subject_02_eeg_stim.parquet"]

@@ -1,4 +1,4 @@
-"""udfs.landing: a landing file's bytes -> its checks and its raw_eeg chunk rows, without Spark."""
+"""udfs.landing: a landing file (bytes or local path) -> its checks and its raw_eeg chunk rows, without Spark."""
 from __future__ import annotations
 
 import io
@@ -63,3 +63,21 @@ def test_encode_file_round_trips_and_fills_missing_channels():
     out = list(landing.encode_files(iter([pd.DataFrame({"path": ["dbfs:/x/s.parquet"], "content": [parquet_bytes(f)]})]),
                                     specs, CH, "stim", 256))
     assert len(out) == 1 and out[0]["n_samples"].sum() == 1000
+
+
+def test_a_local_path_reads_like_the_bytes_and_long_files_come_back_in_bounded_batches(tmp_path, monkeypatch):
+    f = frame(1000)
+    path = tmp_path / "s.parquet"
+    path.write_bytes(parquet_bytes(f))
+    assert landing.check_file(str(path), CH, "stim", (1, 2), False) == landing.check_file(
+        parquet_bytes(f), CH, "stim", (1, 2), False)
+    specs = {"s.parquet": {"subject_id": 7, "channels": CH, "ingest_id": "abc", "sfreq": 250.0,
+                           "stim_float": False, "local_path": str(path)}}
+    rows = pd.DataFrame({"path": [f"file:{path}"]})  # no content column: the file is opened by its local path
+    checks = next(landing.check_files(iter([rows]), specs, "stim", (1, 2)))
+    assert checks.to_dict("records") == [{"name": "s.parquet", **landing.check_file(str(path), CH, "stim", (1, 2), False)}]
+    monkeypatch.setattr(landing, "BATCH_BYTES", 3 * 256 * 4 * 3)  # three 256-sample chunk rows of 2 channels + stim
+    out = list(landing.encode_files(iter([rows]), specs, CH, "stim", 256))
+    assert [len(o) for o in out] == [3, 1]
+    whole = landing.encode_file(parquet_bytes(f), 7, CH, CH, "stim", 256, "abc", 250.0)
+    pd.testing.assert_frame_equal(pd.concat(out), whole)

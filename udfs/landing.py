@@ -1,13 +1,18 @@
-"""A landing-zone file's bytes -> its data checks, or its raw_eeg chunk rows.
+"""A landing-zone file -> its data checks, or its raw_eeg chunk rows.
 
-Ingest reads each subject file with Spark's ``binaryFile`` source, so the JVM moves the
-whole file as one cell, through Hadoop's FileSystem (local paths and ``dbfs:/``
-alike), and these functions parse it with pyarrow on the executors. Why: reading the
+Ingest hands each subject file to these functions through Spark's ``binaryFile`` source,
+one row per file, and they parse it with pyarrow on the executors. Why: reading the
 file with Spark's Parquet source turns it into one JVM row per sample, which then has
 to be converted value by value to reach Python. That made ingest about 1 s of CPU per
 12-minute subject, for data that pyarrow decodes in milliseconds.
 
-Pure functions of bytes and plain arguments; pandas frames in and out at the Spark edge.
+A file arrives in one of two ways (``source``):
+- on the local file system, as its path (the row has no ``content``): pyarrow opens it
+  here, and the JVM never holds it. A 592 MB file failed with a 4 GB heap otherwise;
+- elsewhere (``dbfs:/``, object stores), as the ``content`` bytes the JVM read through
+  Hadoop's FileSystem.
+
+Functions of a file and plain arguments; pandas frames in and out at the Spark edge.
 """
 from __future__ import annotations
 
@@ -21,24 +26,38 @@ import pyarrow.parquet as pq
 
 from udfs import raw_chunks
 
-__all__ = ["CHECK_COLUMNS", "check_file", "check_files", "encode_file", "encode_files", "file_name"]
+__all__ = ["CHECK_COLUMNS", "BATCH_BYTES", "check_file", "check_files", "encode_file", "encode_files",
+           "file_name", "sources"]
 
 CHECK_COLUMNS = ["name", "rows", "bad", "events", "bad_stim", "error"]
+# chunk rows handed back to the JVM per batch: a long recording never becomes one huge batch
+BATCH_BYTES = 64 << 20
+
+Source = bytes | str  # the file's bytes, or its local path
 
 
 def file_name(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _read(content: bytes, columns: Sequence[str]) -> pa.Table:
-    return pq.read_table(pa.BufferReader(content), columns=list(columns))
+def _read(source: Source, columns: Sequence[str]) -> pa.Table:
+    return pq.read_table(source if isinstance(source, str) else pa.BufferReader(source), columns=list(columns))
 
 
-def check_file(content: bytes, channels: Sequence[str], stim_column: str, event_ids: Sequence[int],
+def sources(pdf: pd.DataFrame, specs: Mapping[str, Mapping[str, Any]]) -> Iterator[tuple[str, Source]]:
+    """(file name, source) per binaryFile row: its ``content`` when the row has it, else the
+    ``local_path`` of its spec."""
+    contents = pdf["content"] if "content" in pdf.columns else [None] * len(pdf)
+    for path, content in zip(pdf["path"], contents):
+        name = file_name(path)
+        yield name, (content if content is not None else specs[name]["local_path"])
+
+
+def check_file(source: Source, channels: Sequence[str], stim_column: str, event_ids: Sequence[int],
                stim_float: bool) -> dict[str, Any]:
     """Rows, NaN/inf count per channel, samples with an event code, bad stim values; or the read error."""
     try:
-        table = _read(content, [*channels, stim_column])
+        table = _read(source, [*channels, stim_column])
     except Exception as exc:  # noqa: BLE001 - a footer that parses over data that does not
         text = str(exc).strip()
         return {"rows": None, "bad": None, "events": None, "bad_stim": None,
@@ -62,18 +81,17 @@ def check_files(batches: Iterator[pd.DataFrame], specs: Mapping[str, Mapping[str
     """mapInPandas over binaryFile rows: one CHECK_COLUMNS row per file; ``specs`` by file name."""
     for pdf in batches:
         rows = []
-        for path, content in zip(pdf["path"], pdf["content"]):
-            name = file_name(path)
+        for name, source in sources(pdf, specs):
             spec = specs[name]
-            rows.append({"name": name, **check_file(content, spec["channels"], stim_column, event_ids,
+            rows.append({"name": name, **check_file(source, spec["channels"], stim_column, event_ids,
                                                      spec["stim_float"])})
         yield pd.DataFrame(rows, columns=CHECK_COLUMNS)
 
 
-def encode_file(content: bytes, subject_id: int, channels: Sequence[str], all_channels: Sequence[str],
+def encode_file(source: Source, subject_id: int, channels: Sequence[str], all_channels: Sequence[str],
                 stim_column: str, chunk: int, ingest_id: str, sfreq: float) -> pd.DataFrame:
     """One checked file -> its raw_eeg chunk rows (channels it lacks are null)."""
-    table = _read(content, [*channels, stim_column])
+    table = _read(source, [*channels, stim_column])
     n = table.num_rows
     frame = pd.DataFrame({c: (table.column(c).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
                               if c in channels else np.full(n, np.nan, dtype=np.float32)) for c in all_channels})
@@ -89,9 +107,12 @@ def encode_file(content: bytes, subject_id: int, channels: Sequence[str], all_ch
 
 def encode_files(batches: Iterator[pd.DataFrame], specs: Mapping[str, Mapping[str, Any]],
                  all_channels: Sequence[str], stim_column: str, chunk: int) -> Iterator[pd.DataFrame]:
-    """mapInPandas over binaryFile rows -> chunk rows; ``specs`` by file name."""
+    """mapInPandas over binaryFile rows -> chunk rows, at most BATCH_BYTES per frame; ``specs`` by file name."""
+    step = max(1, BATCH_BYTES // (chunk * 4 * (len(all_channels) + 1)))
     for pdf in batches:
-        for path, content in zip(pdf["path"], pdf["content"]):
-            s = specs[file_name(path)]
-            yield encode_file(content, s["subject_id"], s["channels"], all_channels, stim_column, chunk,
-                              s["ingest_id"], s["sfreq"])
+        for name, source in sources(pdf, specs):
+            s = specs[name]
+            rows = encode_file(source, s["subject_id"], s["channels"], all_channels, stim_column, chunk,
+                               s["ingest_id"], s["sfreq"])
+            for start in range(0, len(rows), step):
+                yield rows.iloc[start:start + step]
