@@ -19,11 +19,15 @@ def test_delta_write_read_and_history(spark, cfg):
 
 
 def test_storage_helpers_address_tables_by_name(spark, cfg):
-    from pipeline.storage import read_table, table_exists, table_version
+    from pipeline.storage import _history_version, read_table, table_exists, table_version
 
     assert not table_exists(spark, cfg, "features") and table_version(spark, cfg, "features") is None
     spark.range(3).write.format("delta").save(cfg.table("features"))
     spark.range(5).write.format("delta").mode("overwrite").save(cfg.table("features"))
     assert table_exists(spark, cfg, "features") and table_version(spark, cfg, "features") == 1
-    assert read_table(spark, cfg, "features").count() == 5
+    # the log object sees commits made after it was first asked, and agrees with history
+    DeltaTable.forPath(spark, cfg.table("features")).delete("id = 0")
+    assert table_version(spark, cfg, "features") == 2 == _history_version(spark, cfg, "features")
+    assert read_table(spark, cfg, "features").count() == 4
+    assert read_table(spark, cfg, "features", version=1).count() == 5
     assert read_table(spark, cfg, "features", version=0).count() == 3
