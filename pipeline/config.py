@@ -143,7 +143,8 @@ class SparkConf(_Strict):
     shuffle_partitions: int | None = Field(None, ge=1)
     ui: bool = False
     # Heap of the driver JVM a local session starts (local mode runs the tasks in it too).
-    # Ingest holds each landing file whole in it, several copies per running task.
+    # Ingest holds a landing file that is not on the local file system whole in it, several
+    # copies per running task; queries and Delta commits need room beside that.
     driver_memory: str | None = Field("4g", pattern=r"^[0-9]+[kKmMgGtT]?$")
     log_level: str = "WARN"
     delta_version: str = "4.4.0"

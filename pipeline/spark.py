@@ -67,8 +67,8 @@ def spark_conf_pairs(cfg: Config, for_tests: bool = False) -> dict[str, str]:
         "spark.pyspark.driver.python": sys.executable,
     }
     if cfg.spark.driver_memory:
-        # Spark's 1g default is too little for ingest: two tasks holding a 33 MB landing file
-        # each (bytes, row buffer, Parquet page buffers) already failed on a fragmented 1g heap
+        # Spark's 1g default was too little: ingesting ten 33 MB files (their bytes through the
+        # JVM) after three preprocess runs in one process failed on a fragmented 1g heap
         conf["spark.driver.memory"] = cfg.spark.driver_memory
     jars = delta_jar_paths(cfg)
     if jars:
