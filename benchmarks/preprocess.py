@@ -38,8 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import Config, load_config  # noqa: E402
 
 
-def _cfg(root: Path, master: str) -> Config:
-    return load_config(root=str(root), env={}, overrides={"spark.master": master})
+def _cfg(root: Path, master: str, jvm_options: str | None = None) -> Config:
+    sets = {"spark.master": master}
+    if jvm_options is not None:  # "" -> null: the JVM's own defaults
+        sets["spark.driver_java_options"] = jvm_options or "null"
+    return load_config(root=str(root), env={}, overrides=sets)
 
 
 def _load() -> str:
@@ -125,14 +128,14 @@ def _task_slots(master: str, spark) -> int:
     return os.cpu_count() or 1 if m.group(1) == "*" else int(m.group(1) or 1)
 
 
-def spark_child(root: Path, files: list[Path], master: str) -> int:
+def spark_child(root: Path, files: list[Path], master: str, jvm_options: str | None) -> int:
     """(c) in a fresh process, as `p300 job ingest_and_preprocess` runs: prints one JSON line."""
     from pipeline.ingest import ingest
     from pipeline.preprocess import preprocess
     from pipeline.spark import get_spark
 
     shutil.rmtree(root, ignore_errors=True)
-    cfg = _cfg(root, master)
+    cfg = _cfg(root, master, jvm_options)
     landing = Path(cfg.landing_dir)
     landing.mkdir(parents=True)
     for f in files:
@@ -173,12 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--master", default="local[*]", help="Spark master for (c) (default local[*])")
     ap.add_argument("--workdir", default="/tmp/p300-bench-preprocess", help="data kept here between runs")
     ap.add_argument("--jvm-options", default=None, metavar="OPTS",
-                    help="extra driver JVM options for (c), e.g. -XX:TieredStopAtLevel=1")
+                    help="driver JVM options for (c), replacing spark.driver_java_options "
+                         "(default: the config's, C1-only JIT); --jvm-options= for the JVM's own defaults")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        return spark_child(Path(args.child), [Path(f) for f in args.files], args.master)
+        return spark_child(Path(args.child), [Path(f) for f in args.files], args.master, args.jvm_options)
     n1, n2 = args.sizes or ((2, 4) if args.quick else (5, 20))
     minutes = args.minutes or (1.0 if args.quick else 12.0)
     channels = args.channels or (4 if args.quick else 16)
@@ -186,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     work = Path(args.workdir) / f"{n2}x{minutes:g}m{channels}ch{sfreq:g}"
     print(f"# preprocess benchmark: N = {n1} and {n2} subjects of {minutes:g} min x {channels} ch at {sfreq:g} Hz; "
-          f"{cores} cores; Spark master {args.master}; driver JVM options {args.jvm_options or '(default)'}; "
+          f"{cores} cores; Spark master {args.master}; driver JVM options "
+          f"{_cfg(Path('.'), args.master, args.jvm_options).spark.driver_java_options or '(JVM defaults)'}; "
           f"load average at start {_load()}", flush=True)
 
     t0 = time.perf_counter()
@@ -208,10 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     for n in (n1, n2):  # each size in a fresh process: session start, ingest, then the timed job
         cmd = [sys.executable, __file__, "--child", str(work / f"root{n}"), "--master", args.master,
                *[str(p) for p in paths[:n]]]
-        env = dict(os.environ)
-        if args.jvm_options:  # how a Python-launched driver JVM takes options
-            env["PYSPARK_SUBMIT_ARGS"] = f"--driver-java-options '{args.jvm_options}' pyspark-shell"
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
+        if args.jvm_options is not None:
+            cmd.append(f"--jvm-options={args.jvm_options}")
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if proc.returncode:
             print(f"child for N={n} failed ({proc.returncode})", file=sys.stderr)
             return 1

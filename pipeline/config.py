@@ -146,6 +146,9 @@ class SparkConf(_Strict):
     # Ingest holds a landing file that is not on the local file system whole in it, several
     # copies per running task; queries and Delta commits need room beside that.
     driver_memory: str | None = Field("4g", pattern=r"^[0-9]+[kKmMgGtT]?$")
+    # Extra JVM options for that driver. C1-only JIT: on 2 cores the C2 compiler threads
+    # competed with the jobs, and every job here is short (see README, "Performance").
+    driver_java_options: str | None = "-XX:TieredStopAtLevel=1"
     log_level: str = "WARN"
     delta_version: str = "4.4.0"
     delta_jars: list[str] = Field(default_factory=list)

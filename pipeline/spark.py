@@ -70,6 +70,8 @@ def spark_conf_pairs(cfg: Config, for_tests: bool = False) -> dict[str, str]:
         # Spark's 1g default was too little: ingesting ten 33 MB files (their bytes through the
         # JVM) after three preprocess runs in one process failed on a fragmented 1g heap
         conf["spark.driver.memory"] = cfg.spark.driver_memory
+    if cfg.spark.driver_java_options:
+        conf["spark.driver.extraJavaOptions"] = cfg.spark.driver_java_options
     jars = delta_jar_paths(cfg)
     if jars:
         conf["spark.jars"] = ",".join(jars)

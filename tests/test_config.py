@@ -64,13 +64,17 @@ def test_missing_overlay_and_bad_yaml(tmp_path: Path):
         load_config(bad, env={})
 
 
-def test_driver_memory_reaches_the_local_session(spark):
+def test_driver_memory_and_java_options_reach_the_local_session(spark):
     from pipeline.spark import spark_conf_pairs
 
-    assert spark_conf_pairs(load_config(env={}))["spark.driver.memory"] == "4g"
-    assert "spark.driver.memory" not in spark_conf_pairs(load_config(env={}, overrides=["spark.driver_memory=null"]))
+    pairs = spark_conf_pairs(load_config(env={}))
+    assert pairs["spark.driver.memory"] == "4g"
+    assert pairs["spark.driver.extraJavaOptions"] == "-XX:TieredStopAtLevel=1"
+    unset = spark_conf_pairs(load_config(env={}, overrides=["spark.driver_memory=null", "spark.driver_java_options=null"]))
+    assert "spark.driver.memory" not in unset and "spark.driver.extraJavaOptions" not in unset
     with pytest.raises(ConfigError, match=r"spark\.driver_memory"):
         load_config(env={}, overrides=["spark.driver_memory=lots"])
-    if spark.sparkContext.master.startswith("local"):  # the suite's own session was started with it
-        assert spark.conf.get("spark.driver.memory") == "4g"
+    if spark.sparkContext.master.startswith("local"):  # the suite's own session was started with them
         assert spark._jvm.java.lang.Runtime.getRuntime().maxMemory() > 3 << 30
+        jvm_args = list(spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+        assert "-XX:TieredStopAtLevel=1" in jvm_args

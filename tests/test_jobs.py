@@ -262,6 +262,8 @@ def test_submit_prints_spark_submit_with_delta_for_a_cluster(capsys, monkeypatch
     assert confs["spark.sql.catalog.spark_catalog"] == "org.apache.spark.sql.delta.catalog.DeltaCatalog"
     assert confs["spark.pyspark.python"] == sys.executable and confs["spark.executor.memory"] == "2g"
     assert "spark.driver.host" not in confs  # executors on other hosts must reach the driver
+    java = confs["spark.driver.extraJavaOptions"].split()  # the config's options and the quiet log4j file
+    assert java[0] == "-XX:TieredStopAtLevel=1" and java[1].startswith("-Dlog4j2.configurationFile=file:")
     jars = cmd[cmd.index("--jars") + 1].split(",") if "--jars" in cmd else []
     packages = cmd[cmd.index("--packages") + 1] if "--packages" in cmd else ""
     assert any("delta-spark_" in j and Path(j).exists() for j in jars) or packages.startswith("io.delta:delta-spark_")
