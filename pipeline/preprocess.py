@@ -36,6 +36,7 @@ from pipeline import storage
 from pipeline.config import Config
 from pipeline.ingest import raw_subject_state
 from pipeline.report import Reporter
+from udfs import raw_chunks
 from udfs.preprocess import PreprocessError, Settings, channel_columns, empty_features, run_subject
 
 __all__ = ["FEATURES_SCHEMA", "PREPROCESS_LOG_SCHEMA", "FEATURES_TABLE_PROPERTIES", "PreprocessSummary",
@@ -215,12 +216,19 @@ def preprocess(spark: SparkSession, cfg: Config, subjects: Sequence[int] | None 
                 .groupBy("subject_id")
                 .applyInPandas(_subject_function(base, info, acc), FEATURES_SCHEMA))
     storage.create_table(spark, cfg, "features", FEATURES_SCHEMA, ["subject_id"], FEATURES_TABLE_PROPERTIES)
+    # bounded batches of chunk rows, from the Parquet reader and to Python (a long recording
+    # is one group, but never one batch)
+    job_conf = dict(JOB_CONF)
+    if "n_samples" in raw.columns:  # chunk rows (an old per-sample raw_eeg keeps Spark's batch sizes)
+        rows = str(raw_chunks.rows_per_batch(cfg.storage.raw_chunk_samples, len(chans)))
+        job_conf.update({"spark.sql.parquet.columnarReaderBatchSize": rows,
+                         "spark.sql.execution.arrow.maxRecordsPerBatch": rows})
     meta = {"op": "p300 preprocess", "run_id": run_id, "raw_version": raw_version, "subjects": pending}
     writer = (features.write.format("delta").mode("overwrite")
               .option("replaceWhere", f"subject_id IN ({', '.join(map(str, pending))})")
               .option("userMetadata", json.dumps(meta)))
     t1 = time.perf_counter()
-    with rep.stage(f"applyInPandas over {len(pending)} subject(s) -> features"), storage.session_conf(spark, JOB_CONF):
+    with rep.stage(f"applyInPandas over {len(pending)} subject(s) -> features"), storage.session_conf(spark, job_conf):
         storage.save(writer, cfg, "features")
     features_version = storage.table_version(spark, cfg, "features")
     t2 = time.perf_counter()

@@ -76,7 +76,7 @@ def test_a_local_path_reads_like_the_bytes_and_long_files_come_back_in_bounded_b
     rows = pd.DataFrame({"path": [f"file:{path}"]})  # no content column: the file is opened by its local path
     checks = next(landing.check_files(iter([rows]), specs, "stim", (1, 2)))
     assert checks.to_dict("records") == [{"name": "s.parquet", **landing.check_file(str(path), CH, "stim", (1, 2), False)}]
-    monkeypatch.setattr(landing, "BATCH_BYTES", 3 * 256 * 4 * 3)  # three 256-sample chunk rows of 2 channels + stim
+    monkeypatch.setattr(raw_chunks, "BATCH_BYTES", 3 * 256 * 4 * 3)  # three 256-sample chunk rows of 2 channels + stim
     out = list(landing.encode_files(iter([rows]), specs, CH, "stim", 256))
     assert [len(o) for o in out] == [3, 1]
     whole = landing.encode_file(parquet_bytes(f), 7, CH, CH, "stim", 256, "abc", 250.0)

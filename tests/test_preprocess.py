@@ -169,3 +169,20 @@ def test_subjects_with_different_channel_counts_share_raw_eeg(spark, cfg):
     sizes = {r.subject_id: r.n for r in storage.read_table(spark, cfg, "features")
              .groupBy("subject_id").agg(F.max(F.size("features")).alias("n")).collect()}
     assert sizes == {1: 4 * 71, 2: 6 * 71, 3: 2 * 71}
+
+
+def test_a_recording_handed_over_one_chunk_row_per_batch_gives_the_same_features(spark, cfg, monkeypatch):
+    """Long recordings travel in bounded batches (raw_chunks.BATCH_BYTES); here every batch is one row."""
+    from udfs import raw_chunks
+
+    monkeypatch.setattr(raw_chunks, "BATCH_BYTES", 1)
+    confs = []
+    session_conf = storage.session_conf
+    monkeypatch.setattr(storage, "session_conf", lambda s, conf: confs.append(dict(conf)) or session_conf(s, conf))
+    frame = deliver(cfg, 1)  # 7680 samples: four 2048-sample chunk rows
+    assert ingest(spark, cfg).count("ingested") == 1
+    assert [(r["subject_id"], r["status"]) for r in preprocess(spark, cfg).log] == [(1, "ok")]
+    assert confs[-1]["spark.sql.execution.arrow.maxRecordsPerBatch"] == "1"
+    assert confs[-1]["spark.sql.parquet.columnarReaderBatchSize"] == "1"
+    assert_df_equality(storage.read_table(spark, cfg, "features"), expected_features(spark, cfg, 1, frame),
+                       ignore_row_order=True, ignore_nullable=True)

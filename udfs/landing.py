@@ -26,12 +26,10 @@ import pyarrow.parquet as pq
 
 from udfs import raw_chunks
 
-__all__ = ["CHECK_COLUMNS", "BATCH_BYTES", "check_file", "check_files", "encode_file", "encode_files",
+__all__ = ["CHECK_COLUMNS", "check_file", "check_files", "encode_file", "encode_files",
            "file_name", "sources"]
 
 CHECK_COLUMNS = ["name", "rows", "bad", "events", "bad_stim", "error"]
-# chunk rows handed back to the JVM per batch: a long recording never becomes one huge batch
-BATCH_BYTES = 64 << 20
 
 Source = bytes | str  # the file's bytes, or its local path
 
@@ -107,8 +105,9 @@ def encode_file(source: Source, subject_id: int, channels: Sequence[str], all_ch
 
 def encode_files(batches: Iterator[pd.DataFrame], specs: Mapping[str, Mapping[str, Any]],
                  all_channels: Sequence[str], stim_column: str, chunk: int) -> Iterator[pd.DataFrame]:
-    """mapInPandas over binaryFile rows -> chunk rows, at most BATCH_BYTES per frame; ``specs`` by file name."""
-    step = max(1, BATCH_BYTES // (chunk * 4 * (len(all_channels) + 1)))
+    """mapInPandas over binaryFile rows -> chunk rows, raw_chunks.BATCH_BYTES at most per frame;
+    ``specs`` by file name."""
+    step = raw_chunks.rows_per_batch(chunk, len(all_channels))
     for pdf in batches:
         for name, source in sources(pdf, specs):
             s = specs[name]

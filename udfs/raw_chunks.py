@@ -25,10 +25,19 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["FLOAT", "STIM", "ChunkError", "encode", "decode", "samples", "is_chunked"]
+__all__ = ["FLOAT", "STIM", "BATCH_BYTES", "ChunkError", "encode", "decode", "samples", "is_chunked",
+           "rows_per_batch"]
 
 FLOAT = np.dtype("<f4")  # microvolts
 STIM = np.dtype("<i4")
+# Chunk rows per batch between the JVM and Python, and per Parquet read batch: a long
+# recording must never become one batch (two 592 MB subjects at once exhausted a 4 GB heap).
+BATCH_BYTES = 64 << 20
+
+
+def rows_per_batch(chunk: int, n_channels: int, batch_bytes: int | None = None) -> int:
+    """How many chunk rows of ``chunk`` samples x ``n_channels`` (plus stim) fit in a batch."""
+    return max(1, (batch_bytes or BATCH_BYTES) // (chunk * (n_channels * FLOAT.itemsize + STIM.itemsize)))
 
 
 class ChunkError(ValueError):
