@@ -35,9 +35,9 @@ STIM = np.dtype("<i4")
 BATCH_BYTES = 64 << 20
 
 
-def rows_per_batch(chunk: int, n_channels: int, batch_bytes: int | None = None) -> int:
-    """How many chunk rows of ``chunk`` samples x ``n_channels`` (plus stim) fit in a batch."""
-    return max(1, (batch_bytes or BATCH_BYTES) // (chunk * (n_channels * FLOAT.itemsize + STIM.itemsize)))
+def rows_per_batch(chunk: int, n_channels: int) -> int:
+    """How many chunk rows of ``chunk`` samples x ``n_channels`` (plus stim) fit in BATCH_BYTES."""
+    return max(1, BATCH_BYTES // (chunk * (n_channels * FLOAT.itemsize + STIM.itemsize)))
 
 
 class ChunkError(ValueError):
