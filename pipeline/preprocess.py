@@ -162,7 +162,7 @@ def _subject_function(base: Settings, info: dict[int, tuple[str, float]], acc: A
         ingest_id, sfreq = info[sid]
         t0 = time.perf_counter()
         status: dict[str, Any] = {"subject_id": sid, "ingest_id": ingest_id, "sfreq": sfreq,
-                                  "n_samples": int(len(raw)), "n_epochs": 0}
+                                  "n_samples": raw_chunks.sample_count(raw), "n_epochs": 0}
         out = empty_features()
         try:
             res = run_subject(raw, base.with_sfreq(sfreq))
@@ -209,8 +209,9 @@ def preprocess(spark: SparkSession, cfg: Config, subjects: Sequence[int] | None 
     n_parts = balanced_partitions(pending)
     acc = spark.sparkContext.accumulator([], _ListParam())
     base = Settings.from_config(cfg)
+    chunked = "n_samples" in raw.columns  # an old per-sample raw_eeg has no n_samples
     features = (raw.where(F.col("subject_id").isin(pending))
-                .select("subject_id", "sample_idx", *(["n_samples"] if "n_samples" in raw.columns else []),
+                .select("subject_id", "sample_idx", *(["n_samples"] if chunked else []),
                         *chans, cfg.signal.stim_column)
                 .repartition(n_parts, "subject_id")
                 .groupBy("subject_id")
@@ -219,7 +220,7 @@ def preprocess(spark: SparkSession, cfg: Config, subjects: Sequence[int] | None 
     # bounded batches of chunk rows, from the Parquet reader and to Python (a long recording
     # is one group, but never one batch)
     job_conf = dict(JOB_CONF)
-    if "n_samples" in raw.columns:  # chunk rows (an old per-sample raw_eeg keeps Spark's batch sizes)
+    if chunked:  # (a per-sample table keeps Spark's batch sizes)
         rows = str(raw_chunks.rows_per_batch(cfg.storage.raw_chunk_samples, len(chans)))
         job_conf.update({"spark.sql.parquet.columnarReaderBatchSize": rows,
                          "spark.sql.execution.arrow.maxRecordsPerBatch": rows})

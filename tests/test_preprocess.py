@@ -79,6 +79,8 @@ def test_good_subjects_failures_isolated_rerun_and_reprocess(spark, cfg, capsys,
     assert "sample_idx" in rows.loc[5, "reason"]
     assert rows["raw_version"].eq(raw_version).all()
     assert rows.loc[1, "n_epochs"] == counts(features)[1] and rows.loc[2, "sfreq"] == 256.0
+    assert rows.loc[1, "n_samples"] == len(frames[1]) and rows.loc[2, "n_samples"] == len(frames[2])
+    assert rows.loc[5, "n_samples"] == len(frames[1]) - 2048  # counted from the chunk rows of a failed subject too
     commit = storage.delta_table(spark, cfg, "features").history(1).first()
     assert json.loads(commit.userMetadata)["raw_version"] == raw_version
 

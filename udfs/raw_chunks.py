@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["FLOAT", "STIM", "BATCH_BYTES", "ChunkError", "encode", "decode", "samples", "is_chunked",
-           "rows_per_batch"]
+           "sample_count", "rows_per_batch"]
 
 FLOAT = np.dtype("<f4")  # microvolts
 STIM = np.dtype("<i4")
@@ -47,6 +47,11 @@ class ChunkError(ValueError):
 def is_chunked(frame: pd.DataFrame) -> bool:
     """Chunk rows carry ``n_samples``; per-sample rows do not."""
     return "n_samples" in frame.columns
+
+
+def sample_count(frame: pd.DataFrame) -> int:
+    """Samples a frame of chunk rows or per-sample rows holds."""
+    return int(frame["n_samples"].sum()) if is_chunked(frame) else len(frame)
 
 
 def encode(frame: pd.DataFrame, channels: Sequence[str], stim_column: str, chunk: int,
