@@ -3,6 +3,7 @@
     python benchmarks/preprocess.py            # N = 5 and 20 subjects, 12 min, 16 ch, 512 Hz
     python benchmarks/preprocess.py --quick    # N = 2 and 4, 1 min, 4 ch, 256 Hz (validation)
     python benchmarks/preprocess.py --master 'local[16]'   # the Spark job on more cores
+    python benchmarks/preprocess.py --jit tiered           # the driver JVM's JIT: auto (default), c1, tiered
 
 For each size N it measures, in one run:
 
@@ -38,11 +39,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import Config, load_config  # noqa: E402
 
 
-def _cfg(root: Path, master: str, jvm_options: str | None = None) -> Config:
+def _cfg(root: Path, master: str, jit: str | None = None, jvm_options: str | None = None) -> Config:
     sets = {"spark.master": master}
-    if jvm_options is not None:  # "" -> null: the JVM's own defaults
-        sets["spark.driver_java_options"] = jvm_options or "null"
+    if jit:
+        sets["spark.jit"] = jit
+    if jvm_options:
+        sets["spark.driver_java_options"] = jvm_options
     return load_config(root=str(root), env={}, overrides=sets)
+
+
+def _jvm_flags(jit: str | None, jvm_options: str | None) -> list[str]:
+    """The command-line flags that hand these settings on to a child process."""
+    return ([f"--jit={jit}"] if jit else []) + ([f"--jvm-options={jvm_options}"] if jvm_options else [])
+
+
+def _jvm_description(jit: str | None, jvm_options: str | None) -> str:
+    from pipeline.spark import driver_java_options
+
+    spark = _cfg(Path("."), "local[*]", jit, jvm_options).spark
+    return f"JIT {spark.jit}: driver JVM options {driver_java_options(spark, os.cpu_count() or 1) or '(none)'}"
 
 
 def _load() -> str:
@@ -52,15 +67,25 @@ def _load() -> str:
         return "n/a"
 
 
-def generate(landing: Path, n: int, minutes: float, channels: int, sfreq: float) -> list[Path]:
-    from pipeline.synth import subject_file_name, synth_subject, write_subject_file
+def _write_subject(sid: int, path: Path, minutes: float, channels: int, sfreq: float) -> None:
+    from pipeline.synth import synth_subject, write_subject_file
 
-    paths = []
-    for sid in range(1, n + 1):
-        path = landing / subject_file_name(sid)
-        if not path.exists():
-            write_subject_file(synth_subject(sid, minutes=minutes, n_channels=channels, sfreq=sfreq, seed=0), path, sfreq)
-        paths.append(path)
+    write_subject_file(synth_subject(sid, minutes=minutes, n_channels=channels, sfreq=sfreq, seed=0), path, sfreq)
+
+
+def generate(landing: Path, n: int, minutes: float, channels: int, sfreq: float) -> list[Path]:
+    """Subjects 1..n under landing, the missing ones generated in parallel (one process per core)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipeline.synth import subject_file_name
+
+    landing.mkdir(parents=True, exist_ok=True)
+    paths = [landing / subject_file_name(sid) for sid in range(1, n + 1)]
+    missing = [(sid, p) for sid, p in enumerate(paths, start=1) if not p.exists()]
+    if missing:
+        with ProcessPoolExecutor(max_workers=min(len(missing), os.cpu_count() or 1)) as pool:
+            for f in [pool.submit(_write_subject, sid, p, minutes, channels, sfreq) for sid, p in missing]:
+                f.result()
     return paths
 
 
@@ -128,14 +153,14 @@ def _task_slots(master: str, spark) -> int:
     return os.cpu_count() or 1 if m.group(1) == "*" else int(m.group(1) or 1)
 
 
-def spark_child(root: Path, files: list[Path], master: str, jvm_options: str | None) -> int:
+def spark_child(root: Path, files: list[Path], master: str, jit: str | None, jvm_options: str | None) -> int:
     """(c) in a fresh process, as `p300 job ingest_and_preprocess` runs: prints one JSON line."""
     from pipeline.ingest import ingest
     from pipeline.preprocess import preprocess
     from pipeline.spark import get_spark
 
     shutil.rmtree(root, ignore_errors=True)
-    cfg = _cfg(root, master, jvm_options)
+    cfg = _cfg(root, master, jit, jvm_options)
     landing = Path(cfg.landing_dir)
     landing.mkdir(parents=True)
     for f in files:
@@ -161,6 +186,13 @@ def spark_child(root: Path, files: list[Path], master: str, jvm_options: str | N
     return 0
 
 
+def add_jvm_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--jit", choices=("auto", "c1", "tiered"), default=None,
+                    help="the driver JVM's JIT for (c) (spark.jit; default: the config's, auto)")
+    ap.add_argument("--jvm-options", default=None, metavar="OPTS",
+                    help="extra driver JVM options for (c) (spark.driver_java_options)")
+
+
 def fit(t_small: float, t_large: float, n_small: int, n_large: int) -> tuple[float, float]:
     marginal = (t_large - t_small) / (n_large - n_small)
     return t_small - marginal * n_small, marginal
@@ -175,14 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sfreq", type=float, default=None)
     ap.add_argument("--master", default="local[*]", help="Spark master for (c) (default local[*])")
     ap.add_argument("--workdir", default="/tmp/p300-bench-preprocess", help="data kept here between runs")
-    ap.add_argument("--jvm-options", default=None, metavar="OPTS",
-                    help="driver JVM options for (c), replacing spark.driver_java_options "
-                         "(default: the config's, C1-only JIT); --jvm-options= for the JVM's own defaults")
+    add_jvm_arguments(ap)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        return spark_child(Path(args.child), [Path(f) for f in args.files], args.master, args.jvm_options)
+        return spark_child(Path(args.child), [Path(f) for f in args.files], args.master, args.jit, args.jvm_options)
     n1, n2 = args.sizes or ((2, 4) if args.quick else (5, 20))
     minutes = args.minutes or (1.0 if args.quick else 12.0)
     channels = args.channels or (4 if args.quick else 16)
@@ -190,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     work = Path(args.workdir) / f"{n2}x{minutes:g}m{channels}ch{sfreq:g}"
     print(f"# preprocess benchmark: N = {n1} and {n2} subjects of {minutes:g} min x {channels} ch at {sfreq:g} Hz; "
-          f"{cores} cores; Spark master {args.master}; driver JVM options "
-          f"{_cfg(Path('.'), args.master, args.jvm_options).spark.driver_java_options or '(JVM defaults)'}; "
+          f"{cores} cores; Spark master {args.master}; {_jvm_description(args.jit, args.jvm_options)}; "
           f"load average at start {_load()}", flush=True)
 
     t0 = time.perf_counter()
@@ -212,9 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     spark_t, child = {}, {}
     for n in (n1, n2):  # each size in a fresh process: session start, ingest, then the timed job
         cmd = [sys.executable, __file__, "--child", str(work / f"root{n}"), "--master", args.master,
-               *[str(p) for p in paths[:n]]]
-        if args.jvm_options is not None:
-            cmd.append(f"--jvm-options={args.jvm_options}")
+               *[str(p) for p in paths[:n]], *_jvm_flags(args.jit, args.jvm_options)]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if proc.returncode:
             print(f"child for N={n} failed ({proc.returncode})", file=sys.stderr)

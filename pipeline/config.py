@@ -146,9 +146,12 @@ class SparkConf(_Strict):
     # Ingest holds a landing file that is not on the local file system whole in it, several
     # copies per running task; queries and Delta commits need room beside that.
     driver_memory: str | None = Field("4g", pattern=r"^[0-9]+[kKmMgGtT]?$")
-    # Extra JVM options for that driver. C1-only JIT: on 2 cores the C2 compiler threads
-    # competed with the jobs, and every job here is short (see README, "Performance").
-    driver_java_options: str | None = "-XX:TieredStopAtLevel=1"
+    # That driver's JIT (README, "Performance"). c1: C1 only, which was faster on 2 cores, where
+    # C2's compiler threads compete with jobs of seconds; tiered: the JVM's C1 + C2, which was
+    # faster on 16 cores; auto: c1 on a machine with at most 2 cores, else tiered.
+    jit: Literal["auto", "c1", "tiered"] = "auto"
+    # Extra JVM options for that driver, after the JIT's.
+    driver_java_options: str | None = None
     log_level: str = "WARN"
     delta_version: str = "4.4.0"
     delta_jars: list[str] = Field(default_factory=list)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from pipeline.config import Config
+from pipeline.config import Config, SparkConf as SparkSettings  # pyspark has a SparkConf too
 
-__all__ = ["get_spark", "delta_artifact", "delta_jar_paths", "spark_conf_pairs"]
+__all__ = ["get_spark", "delta_artifact", "delta_jar_paths", "driver_java_options", "spark_conf_pairs", "C1_ONLY"]
 
 SCALA = "2.13"
 
@@ -45,6 +45,17 @@ def delta_jar_paths(cfg: Config, m2: Path | None = None) -> list[str]:
     return [str(j) for j in jars] if all(j.exists() for j in jars) else []
 
 
+# C1-only shrinks the code cache from 240 MB to 48 MB, and a long process filled that: the JVM then
+# disables its JIT and runs everything interpreted. So C1-only gets the tiered default's size back.
+C1_ONLY = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
+
+
+def driver_java_options(spark_cfg: SparkSettings, cores: int) -> str | None:
+    """The driver JVM's options: the JIT's (``spark.jit``), then ``spark.driver_java_options``."""
+    c1 = spark_cfg.jit == "c1" or (spark_cfg.jit == "auto" and cores <= 2)
+    return " ".join(o for o in (C1_ONLY if c1 else None, spark_cfg.driver_java_options) if o) or None
+
+
 def spark_conf_pairs(cfg: Config, for_tests: bool = False) -> dict[str, str]:
     """Spark settings for a local session with Delta (also used for spark-submit --conf)."""
     cores = os.cpu_count() or 2
@@ -70,8 +81,9 @@ def spark_conf_pairs(cfg: Config, for_tests: bool = False) -> dict[str, str]:
         # Spark's 1g default was too little: ingesting ten 33 MB files (their bytes through the
         # JVM) after three preprocess runs in one process failed on a fragmented 1g heap
         conf["spark.driver.memory"] = cfg.spark.driver_memory
-    if cfg.spark.driver_java_options:
-        conf["spark.driver.extraJavaOptions"] = cfg.spark.driver_java_options
+    java_options = driver_java_options(cfg.spark, cores)
+    if java_options:
+        conf["spark.driver.extraJavaOptions"] = java_options
     jars = delta_jar_paths(cfg)
     if jars:
         conf["spark.jars"] = ",".join(jars)

@@ -110,7 +110,7 @@ def submit_command(cfg: Config, p300_args: Sequence[str], master: str = "local[*
     if py_files:
         cmd += ["--py-files", ",".join(py_files)]
     log4j = _log4j_file()
-    if log4j and "spark.driver.extraJavaOptions" not in (spark_conf or {}):  # beside spark.driver_java_options
+    if log4j and "spark.driver.extraJavaOptions" not in (spark_conf or {}):  # beside the config's JVM options
         opts = f"{conf.get('spark.driver.extraJavaOptions', '')} -Dlog4j2.configurationFile=file:{log4j}"
         conf["spark.driver.extraJavaOptions"] = opts.strip()
     for key, value in conf.items():

@@ -64,17 +64,32 @@ def test_missing_overlay_and_bad_yaml(tmp_path: Path):
         load_config(bad, env={})
 
 
+def test_driver_jit_follows_the_cores_and_the_config():
+    from pipeline.spark import C1_ONLY, driver_java_options
+
+    auto = load_config(env={}).spark
+    assert driver_java_options(auto, cores=2) == C1_ONLY and driver_java_options(auto, cores=1) == C1_ONLY
+    assert driver_java_options(auto, cores=16) is None  # the JVM's own tiered JIT
+    c1 = load_config(env={}, overrides=["spark.jit=c1", "spark.driver_java_options=-Dx=1"]).spark
+    assert driver_java_options(c1, cores=16) == C1_ONLY + " -Dx=1"
+    tiered = load_config(env={}, overrides=["spark.jit=tiered", "spark.driver_java_options=-Dx=1"]).spark
+    assert driver_java_options(tiered, cores=2) == "-Dx=1"
+    assert "-XX:ReservedCodeCacheSize=240m" in C1_ONLY.split()  # C1-only's 48 MB filled up, and the JIT stopped
+    with pytest.raises(ConfigError, match=r"spark\.jit"):
+        load_config(env={}, overrides=["spark.jit=c3"])
+
+
 def test_driver_memory_and_java_options_reach_the_local_session(spark):
     from pipeline.spark import spark_conf_pairs
 
-    pairs = spark_conf_pairs(load_config(env={}))
+    pairs = spark_conf_pairs(load_config(env={}, overrides=["spark.jit=c1"]))
     assert pairs["spark.driver.memory"] == "4g"
-    assert pairs["spark.driver.extraJavaOptions"] == "-XX:TieredStopAtLevel=1"
-    unset = spark_conf_pairs(load_config(env={}, overrides=["spark.driver_memory=null", "spark.driver_java_options=null"]))
+    assert pairs["spark.driver.extraJavaOptions"] == "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
+    unset = spark_conf_pairs(load_config(env={}, overrides=["spark.driver_memory=null", "spark.jit=tiered"]))
     assert "spark.driver.memory" not in unset and "spark.driver.extraJavaOptions" not in unset
     with pytest.raises(ConfigError, match=r"spark\.driver_memory"):
         load_config(env={}, overrides=["spark.driver_memory=lots"])
     if spark.sparkContext.master.startswith("local"):  # the suite's own session was started with them
         assert spark._jvm.java.lang.Runtime.getRuntime().maxMemory() > 3 << 30
         jvm_args = list(spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
-        assert "-XX:TieredStopAtLevel=1" in jvm_args
+        assert "-XX:TieredStopAtLevel=1" in jvm_args and "-XX:ReservedCodeCacheSize=240m" in jvm_args

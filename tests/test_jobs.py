@@ -7,6 +7,7 @@ and reads its metadata, as Databricks does when a python_wheel_task looks its
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ import yaml
 from pipeline import jobs
 from pipeline.cli import build_parser, run
 from pipeline.config import load_config
+from pipeline.spark import driver_java_options
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLE_USER = "someone@example.com"
@@ -262,8 +264,9 @@ def test_submit_prints_spark_submit_with_delta_for_a_cluster(capsys, monkeypatch
     assert confs["spark.sql.catalog.spark_catalog"] == "org.apache.spark.sql.delta.catalog.DeltaCatalog"
     assert confs["spark.pyspark.python"] == sys.executable and confs["spark.executor.memory"] == "2g"
     assert "spark.driver.host" not in confs  # executors on other hosts must reach the driver
-    java = confs["spark.driver.extraJavaOptions"].split()  # the config's options and the quiet log4j file
-    assert java[0] == "-XX:TieredStopAtLevel=1" and java[1].startswith("-Dlog4j2.configurationFile=file:")
+    java = confs["spark.driver.extraJavaOptions"]  # the config's options and the quiet log4j file
+    config_options = driver_java_options(load_config(env={}).spark, os.cpu_count() or 2)
+    assert java.startswith(f"{config_options or ''} -Dlog4j2.configurationFile=file:".lstrip())
     jars = cmd[cmd.index("--jars") + 1].split(",") if "--jars" in cmd else []
     packages = cmd[cmd.index("--packages") + 1] if "--packages" in cmd else ""
     assert any("delta-spark_" in j and Path(j).exists() for j in jars) or packages.startswith("io.delta:delta-spark_")
