@@ -4,6 +4,7 @@
     python benchmarks/preprocess.py --quick    # N = 2 and 4, 1 min, 4 ch, 256 Hz (validation)
     python benchmarks/preprocess.py --master 'local[16]'   # the Spark job on more cores
     python benchmarks/preprocess.py --jit tiered           # the driver JVM's JIT: auto (default), c1, tiered
+    python benchmarks/preprocess.py --set spark.driver_memory=16g   # any config override
 
 For each size N it measures, in one run:
 
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -39,25 +41,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import Config, load_config  # noqa: E402
 
 
-def _cfg(root: Path, master: str, jit: str | None = None, jvm_options: str | None = None) -> Config:
-    sets = {"spark.master": master}
-    if jit:
-        sets["spark.jit"] = jit
-    if jvm_options:
-        sets["spark.driver_java_options"] = jvm_options
-    return load_config(root=str(root), env={}, overrides=sets)
+def _cfg(root: Path, master: str, sets: Sequence[str] = ()) -> Config:
+    return load_config(root=str(root), env={}, overrides=[f"spark.master={master}", *sets])
 
 
-def _jvm_flags(jit: str | None, jvm_options: str | None) -> list[str]:
-    """The command-line flags that hand these settings on to a child process."""
-    return ([f"--jit={jit}"] if jit else []) + ([f"--jvm-options={jvm_options}"] if jvm_options else [])
+def add_config_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--jit", choices=("auto", "c1", "tiered"), default=None,
+                    help="the driver JVM's JIT for (c) (spark.jit; default: the config's, auto)")
+    ap.add_argument("--jvm-options", default=None, metavar="OPTS",
+                    help="extra driver JVM options for (c) (spark.driver_java_options)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other config override, e.g. spark.driver_memory=16g (repeatable)")
 
 
-def _jvm_description(jit: str | None, jvm_options: str | None) -> str:
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """--jit, --jvm-options and --set as config overrides (handed to each child as --set)."""
+    return ([f"spark.jit={args.jit}"] if args.jit else []) \
+        + ([f"spark.driver_java_options={args.jvm_options}"] if args.jvm_options else []) + list(args.sets)
+
+
+def child_flags(sets: Sequence[str]) -> list[str]:
+    return [f"--set={s}" for s in sets]
+
+
+def describe_config(sets: Sequence[str]) -> str:
     from pipeline.spark import driver_java_options
 
-    spark = _cfg(Path("."), "local[*]", jit, jvm_options).spark
-    return f"JIT {spark.jit}: driver JVM options {driver_java_options(spark, os.cpu_count() or 1) or '(none)'}"
+    spark = _cfg(Path("."), "local[*]", sets).spark
+    return (f"JIT {spark.jit}: driver JVM options {driver_java_options(spark, os.cpu_count() or 1) or '(none)'}"
+            + (f"; overrides {' '.join(sets)}" if sets else ""))
 
 
 def _load() -> str:
@@ -153,14 +165,14 @@ def _task_slots(master: str, spark) -> int:
     return os.cpu_count() or 1 if m.group(1) == "*" else int(m.group(1) or 1)
 
 
-def spark_child(root: Path, files: list[Path], master: str, jit: str | None, jvm_options: str | None) -> int:
+def spark_child(root: Path, files: list[Path], master: str, sets: Sequence[str]) -> int:
     """(c) in a fresh process, as `p300 job ingest_and_preprocess` runs: prints one JSON line."""
     from pipeline.ingest import ingest
     from pipeline.preprocess import preprocess
     from pipeline.spark import get_spark
 
     shutil.rmtree(root, ignore_errors=True)
-    cfg = _cfg(root, master, jit, jvm_options)
+    cfg = _cfg(root, master, sets)
     landing = Path(cfg.landing_dir)
     landing.mkdir(parents=True)
     for f in files:
@@ -186,13 +198,6 @@ def spark_child(root: Path, files: list[Path], master: str, jit: str | None, jvm
     return 0
 
 
-def add_jvm_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--jit", choices=("auto", "c1", "tiered"), default=None,
-                    help="the driver JVM's JIT for (c) (spark.jit; default: the config's, auto)")
-    ap.add_argument("--jvm-options", default=None, metavar="OPTS",
-                    help="extra driver JVM options for (c) (spark.driver_java_options)")
-
-
 def fit(t_small: float, t_large: float, n_small: int, n_large: int) -> tuple[float, float]:
     marginal = (t_large - t_small) / (n_large - n_small)
     return t_small - marginal * n_small, marginal
@@ -207,12 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sfreq", type=float, default=None)
     ap.add_argument("--master", default="local[*]", help="Spark master for (c) (default local[*])")
     ap.add_argument("--workdir", default="/tmp/p300-bench-preprocess", help="data kept here between runs")
-    add_jvm_arguments(ap)
+    add_config_arguments(ap)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    sets = config_overrides(args)
     if args.child:
-        return spark_child(Path(args.child), [Path(f) for f in args.files], args.master, args.jit, args.jvm_options)
+        return spark_child(Path(args.child), [Path(f) for f in args.files], args.master, sets)
     n1, n2 = args.sizes or ((2, 4) if args.quick else (5, 20))
     minutes = args.minutes or (1.0 if args.quick else 12.0)
     channels = args.channels or (4 if args.quick else 16)
@@ -220,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     work = Path(args.workdir) / f"{n2}x{minutes:g}m{channels}ch{sfreq:g}"
     print(f"# preprocess benchmark: N = {n1} and {n2} subjects of {minutes:g} min x {channels} ch at {sfreq:g} Hz; "
-          f"{cores} cores; Spark master {args.master}; {_jvm_description(args.jit, args.jvm_options)}; "
+          f"{cores} cores; Spark master {args.master}; {describe_config(sets)}; "
           f"load average at start {_load()}", flush=True)
 
     t0 = time.perf_counter()
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from udfs.preprocess import Settings
 
-    cfg = _cfg(work, args.master)
+    cfg = _cfg(work, args.master, sets)
     settings = Settings.from_config(cfg, sfreq)
     chunk = cfg.storage.raw_chunk_samples
     loops: dict[int, dict[str, float]] = {}
@@ -241,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     spark_t, child = {}, {}
     for n in (n1, n2):  # each size in a fresh process: session start, ingest, then the timed job
         cmd = [sys.executable, __file__, "--child", str(work / f"root{n}"), "--master", args.master,
-               *[str(p) for p in paths[:n]], *_jvm_flags(args.jit, args.jvm_options)]
+               *[str(p) for p in paths[:n]], *child_flags(sets)]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if proc.returncode:
             print(f"child for N={n} failed ({proc.returncode})", file=sys.stderr)

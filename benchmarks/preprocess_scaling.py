@@ -3,6 +3,7 @@
     python benchmarks/preprocess_scaling.py                      # c = 1, 2, 4, ... up to the cores here
     python benchmarks/preprocess_scaling.py --cores 1 4 16 --subjects 48
     python benchmarks/preprocess_scaling.py --quick              # validation: 1 min x 4 ch, 4 subjects
+    python benchmarks/preprocess_scaling.py --jit tiered --set spark.driver_memory=16g   # as preprocess.py
 
 Each core count runs in a fresh process (the child of benchmarks/preprocess.py: session start,
 ingest, then the timed `preprocess()` and a rerun with nothing pending). Speedups are against the
@@ -24,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import preprocess as bench  # noqa: E402  (benchmarks/preprocess.py)
 
 
-def run_child(root: Path, files: list[Path], cores: int, jit: str | None, jvm_options: str | None) -> dict:
+def run_child(root: Path, files: list[Path], cores: int, sets: list[str]) -> dict:
     cmd = [sys.executable, bench.__file__, "--child", str(root), "--master", f"local[{cores}]", *map(str, files),
-           *bench._jvm_flags(jit, jvm_options)]
+           *bench.child_flags(sets)]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if proc.returncode:
         raise SystemExit(f"child for local[{cores}] failed ({proc.returncode})")
@@ -44,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--channels", type=int, default=None)
     ap.add_argument("--sfreq", type=float, default=None)
     ap.add_argument("--workdir", default="/tmp/p300-bench-preprocess", help="data kept here between runs")
-    bench.add_jvm_arguments(ap)
+    bench.add_config_arguments(ap)
     args = ap.parse_args(argv)
+    sets = bench.config_overrides(args)
     cores = sorted(set(args.cores or [c for c in (1, 2, 4, 8, 16, 32, 64) if c < here] + [here]))
     n = args.subjects or (4 if args.quick else 2 * max(cores))
     minutes = args.minutes or (1.0 if args.quick else 12.0)
@@ -53,13 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     sfreq = args.sfreq or (256.0 if args.quick else 512.0)
     work = Path(args.workdir) / f"{n}x{minutes:g}m{channels}ch{sfreq:g}"
     print(f"# preprocess scaling: {n} subjects of {minutes:g} min x {channels} ch at {sfreq:g} Hz; "
-          f"local[c] for c in {cores}; {here} cores here; {bench._jvm_description(args.jit, args.jvm_options)}; "
+          f"local[c] for c in {cores}; {here} cores here; {bench.describe_config(sets)}; "
           f"load average at start {bench._load()}", flush=True)
     files = bench.generate(work / "landing", n, minutes, channels, sfreq)
 
     rows = []
     for c in cores:
-        r = run_child(work / f"root_c{c}", files, c, args.jit, args.jvm_options)
+        r = run_child(work / f"root_c{c}", files, c, sets)
         rows.append((c, r))
         print(f"# local[{c}]: session {r['session_s']:.1f}s, ingest {r['ingest_s']:.2f}s, "
               f"preprocess {r['preprocess_s']:.2f}s ({r['epochs']} epochs; stages "
