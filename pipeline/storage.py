@@ -183,6 +183,12 @@ def move_file(spark: SparkSession, src: str, dst: str) -> None:
         raise OSError(f"could not move {src} to {dst}")
 
 
+# py4j sends an answer that fits its 8 KB buffer in one write. A larger one goes out in two, and
+# the second waits for the peer's delayed ACK of the first (Nagle): 40-45 ms per call, measured
+# for an 8.5 KB Parquet footer against 0.3 ms for 2 KB. So reads come back in smaller pieces.
+_PY4J_PIECE = 4096
+
+
 def read_range(spark: SparkSession, path: str, offset: int, length: int) -> bytes:
     """``length`` bytes at ``offset`` (negative: from the end), e.g. a Parquet footer."""
     fs, hpath = _hadoop(spark, path)
@@ -190,10 +196,16 @@ def read_range(spark: SparkSession, path: str, offset: int, length: int) -> byte
     start = size + offset if offset < 0 else offset
     if start < 0 or length < 0 or start + length > size:
         raise EOFError(f"{path}: cannot read {length} bytes at {offset} of a {size}-byte file")
+    pieces, left = [], int(length)
     stream = fs.open(hpath)
     try:
         stream.seek(start)
-        data = stream.readNBytes(int(length))
+        while left > 0:
+            piece = bytes(stream.readNBytes(min(left, _PY4J_PIECE)) or b"")
+            if not piece:
+                raise EOFError(f"{path}: the file ended {left} bytes early")
+            pieces.append(piece)
+            left -= len(piece)
     finally:
         stream.close()
-    return bytes(data or b"")
+    return b"".join(pieces)

@@ -265,6 +265,14 @@ def test_hadoop_file_helpers(spark, tmp_path):
     src.write_bytes(b"0123456789")
     assert storage.read_range(spark, str(src), -4, 4) == b"6789"
     assert storage.read_range(spark, str(src), 2, 3) == b"234"
+    big = tmp_path / "big.bin"  # longer than the pieces py4j hands back (storage._PY4J_PIECE)
+    data = np.random.default_rng(0).bytes(50_000)
+    big.write_bytes(data)
+    assert storage.read_range(spark, str(big), -20_001, 20_001) == data[-20_001:]
+    assert storage.read_range(spark, str(big), 4095, 4097) == data[4095:8192]
+    assert storage.read_range(spark, str(big), 0, 0) == b""
+    with pytest.raises(EOFError):
+        storage.read_range(spark, str(big), 49_999, 2)
     assert [(f.name, f.local_path) for f in storage.list_files(spark, str(tmp_path / "a"))] == [("f.bin", str(src))]
     odd = tmp_path / "a b%20c.bin"  # the local path is decoded, not the URI's spelling
     odd.write_bytes(b"x")
