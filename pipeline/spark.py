@@ -73,6 +73,9 @@ def spark_conf_pairs(cfg: Config, for_tests: bool = False) -> dict[str, str]:
         "spark.databricks.delta.snapshotPartitions": "2",
         "spark.sql.adaptive.enabled": "true",
         "spark.python.worker.reuse": "true",
+        # JVM <-> Python workers over Unix domain sockets instead of loopback TCP (Spark 4.1+):
+        # 200 one-row mapInPandas tasks on local[2] took 3.8-4.5 s against 5.8-6.0 s
+        "spark.python.unix.domain.socket.enabled": "true",
         # the driver's interpreter runs the Python workers too (venv, same packages)
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,

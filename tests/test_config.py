@@ -89,7 +89,9 @@ def test_driver_memory_and_java_options_reach_the_local_session(spark):
     assert "spark.driver.memory" not in unset and "spark.driver.extraJavaOptions" not in unset
     with pytest.raises(ConfigError, match=r"spark\.driver_memory"):
         load_config(env={}, overrides=["spark.driver_memory=lots"])
+    assert pairs["spark.python.unix.domain.socket.enabled"] == "true"
     if spark.sparkContext.master.startswith("local"):  # the suite's own session was started with them
+        assert spark.sparkContext.getConf().get("spark.python.unix.domain.socket.enabled") == "true"
         assert spark._jvm.java.lang.Runtime.getRuntime().maxMemory() > 3 << 30
         jvm_args = list(spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
         assert "-XX:TieredStopAtLevel=1" in jvm_args and "-XX:ReservedCodeCacheSize=240m" in jvm_args
