@@ -72,7 +72,7 @@ def describe_config(sets: Sequence[str]) -> str:
             + (f"; overrides {' '.join(sets)}" if sets else ""))
 
 
-def _load() -> str:
+def load_average() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir) / f"{n2}x{minutes:g}m{channels}ch{sfreq:g}"
     print(f"# preprocess benchmark: N = {n1} and {n2} subjects of {minutes:g} min x {channels} ch at {sfreq:g} Hz; "
           f"{cores} cores; Spark master {args.master}; {describe_config(sets)}; "
-          f"load average at start {_load()}", flush=True)
+          f"load average at start {load_average()}", flush=True)
 
     t0 = time.perf_counter()
     paths = generate(work / "landing", n2, minutes, channels, sfreq)
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         ta, tc = fits["a"][0] + ma * n, fc + mc * n
         print(f"  N={n:<3d} (a) {ta:7.1f}s  (c) {tc:7.1f}s  (a)/(c) = {ta / tc:5.2f}x"
               f"{'   (target: (c) faster at N=10)' if n == 10 else ''}")
-    print(f"# load average at end {_load()}")
+    print(f"# load average at end {load_average()}")
     return 0
 
 

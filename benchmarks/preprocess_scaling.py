@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir) / f"{n}x{minutes:g}m{channels}ch{sfreq:g}"
     print(f"# preprocess scaling: {n} subjects of {minutes:g} min x {channels} ch at {sfreq:g} Hz; "
           f"local[c] for c in {cores}; {here} cores here; {bench.describe_config(sets)}; "
-          f"load average at start {bench._load()}", flush=True)
+          f"load average at start {bench.load_average()}", flush=True)
     files = bench.generate(work / "landing", n, minutes, channels, sfreq)
 
     rows = []
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{f'local[{c}]':>10s} {r['ingest_s']:9.2f} {si:6.2f} {si / (c / c0):5.0%} {r['preprocess_s']:10.2f} "
               f"{sp:6.2f} {sp / (c / c0):5.0%} {n / r['preprocess_s']:7.2f} {r['udf_s'] / (r['preprocess_s'] * c):5.0%}")
     print(f"(x: speedup against local[{c0}] in this run; eff: x / (c / {c0}))")
-    print(f"# load average at end {bench._load()}")
+    print(f"# load average at end {bench.load_average()}")
     return 0
 
 

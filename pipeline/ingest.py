@@ -348,12 +348,12 @@ def _check_layout(spark: SparkSession, cfg: Config) -> list[str]:
     """The channels of an existing raw_eeg; refuses the per-sample layout of earlier versions."""
     if not storage.table_exists(spark, cfg, "raw_eeg"):
         return []
-    columns = storage.read_table(spark, cfg, "raw_eeg").columns
-    if "n_samples" not in columns:
+    raw = storage.read_table(spark, cfg, "raw_eeg")
+    if not raw_chunks.is_chunked(raw):
         raise RuntimeError(f"{cfg.table('raw_eeg')} has the old one-row-per-sample layout; this version stores "
                            "chunk rows (see README, 'raw_eeg layout'): move that table aside and ingest the "
                            "archived files again")
-    return channel_columns(columns, cfg.signal.channel_prefix)
+    return channel_columns(raw.columns, cfg.signal.channel_prefix)
 
 
 def _write_raw(spark: SparkSession, cfg: Config, todo: list[FileDecision], run_id: str) -> int:

@@ -209,7 +209,7 @@ def preprocess(spark: SparkSession, cfg: Config, subjects: Sequence[int] | None 
     n_parts = balanced_partitions(pending)
     acc = spark.sparkContext.accumulator([], _ListParam())
     base = Settings.from_config(cfg)
-    chunked = "n_samples" in raw.columns  # an old per-sample raw_eeg has no n_samples
+    chunked = raw_chunks.is_chunked(raw)  # else an old per-sample raw_eeg
     features = (raw.where(F.col("subject_id").isin(pending))
                 .select("subject_id", "sample_idx", *(["n_samples"] if chunked else []),
                         *chans, cfg.signal.stim_column)

@@ -20,7 +20,7 @@ function, and by ``samples`` to give users the per-sample view back.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,8 +44,8 @@ class ChunkError(ValueError):
     """Chunk rows that do not tile one recording (gap, overlap, wrong byte length)."""
 
 
-def is_chunked(frame: pd.DataFrame) -> bool:
-    """Chunk rows carry ``n_samples``; per-sample rows do not."""
+def is_chunked(frame: pd.DataFrame | Any) -> bool:
+    """Chunk rows carry ``n_samples``; per-sample rows do not (a pandas or a Spark DataFrame)."""
     return "n_samples" in frame.columns
 
 
