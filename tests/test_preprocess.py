@@ -47,6 +47,12 @@ def test_spark_partition_hash_matches_spark(spark):
     assert got == {i: spark_partition_hash(i) for i in ids}
     n = balanced_partitions([1, 2, 3, 4, 5])
     assert n >= 5 and len({spark_partition_hash(s) % n for s in [1, 2, 3, 4, 5]}) == 5
+    many = list(range(1, 101))  # none of 100..150 separates 100 subjects: the best of them
+    distinct = {n: len({spark_partition_hash(s) % n for s in many}) for n in range(100, 151)}
+    n = balanced_partitions(many, limit=150)
+    assert distinct[n] == max(distinct.values()) < 100
+    n = balanced_partitions(many)
+    assert len({spark_partition_hash(s) % n for s in many}) == 100
 
 
 def test_good_subjects_failures_isolated_rerun_and_reprocess(spark, cfg, capsys, monkeypatch):
@@ -117,6 +123,37 @@ def test_good_subjects_failures_isolated_rerun_and_reprocess(spark, cfg, capsys,
     monkeypatch.undo()
     assert storage.table_version(spark, cfg, "features") == version
     assert counts(storage.read_table(spark, cfg, "features")) == before
+
+
+def test_one_task_per_subject_and_no_empty_tasks(spark, cfg, tmp_path, monkeypatch):
+    subjects = [8, 9, 21, 27]  # no two share a partition only at 23 partitions: 19 would be empty
+    assert balanced_partitions(subjects) == 23
+    for sid in subjects:
+        deliver(cfg, sid)
+    assert ingest(spark, cfg).count("ingested") == 4
+    seen = tmp_path / "tasks"
+    real = pp._subject_function
+
+    def recording(base, info, acc):
+        inner = real(base, info, acc)
+
+        def apply(raw):
+            from pyspark import TaskContext
+
+            with open(seen, "a") as f:
+                ctx = TaskContext.get()
+                f.write(f"{int(raw['subject_id'].iloc[0])} {ctx.stageId()} {ctx.partitionId()}\n")
+            return inner(raw)
+        return apply
+
+    monkeypatch.setattr(pp, "_subject_function", recording)
+    assert preprocess(spark, cfg).count("ok") == 4
+    calls = [line.split() for line in seen.read_text().splitlines()]
+    assert sorted(int(sid) for sid, _, _ in calls) == subjects
+    assert len({(stage, part) for _, stage, part in calls}) == 4  # no task ran two subjects
+    (stage,) = {int(stage) for _, stage, _ in calls}
+    assert spark.sparkContext.statusTracker().getStageInfo(stage).numTasks == 4  # and none ran zero
+    assert spark.conf.get("spark.sql.shuffle.partitions") != "23"  # the job's settings were restored
 
 
 def test_replaced_raw_data_is_preprocessed_again(spark, cfg):
