@@ -92,7 +92,8 @@ def encode_file(source: Source, subject_id: int, channels: Sequence[str], all_ch
     table = _read(source, [*channels, stim_column])
     n = table.num_rows
     frame = pd.DataFrame({c: (table.column(c).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-                              if c in channels else np.full(n, np.nan, dtype=np.float32)) for c in all_channels})
+                              if c in channels else np.full(n, np.nan, dtype=np.float32)) for c in all_channels},
+                         copy=False)  # no consolidation into one 2D block: encode reads it column by column
     stim = table.column(stim_column).to_numpy(zero_copy_only=False)
     frame[stim_column] = np.nan_to_num(stim.astype(np.float64, copy=False)).astype(np.int32)
     frame["subject_id"] = np.int32(subject_id)
