@@ -67,9 +67,13 @@ def child_flags(sets: Sequence[str]) -> list[str]:
 def describe_config(sets: Sequence[str]) -> str:
     from pipeline.spark import driver_java_options
 
-    spark = _cfg(Path("."), "local[*]", sets).spark
+    from pipeline.jvm_archive import archive_options, archive_path
+
+    cfg = _cfg(Path("."), "local[*]", sets)
+    spark = cfg.spark
+    archive = f"mapped, {archive_path(cfg)}" if archive_options(cfg) else "none (p300 jvm-cache builds one)"
     return (f"JIT {spark.jit}: driver JVM options {driver_java_options(spark, os.cpu_count() or 1) or '(none)'}"
-            + (f"; overrides {' '.join(sets)}" if sets else ""))
+            + f"; class archive {archive}" + (f"; overrides {' '.join(sets)}" if sets else ""))
 
 
 def load_average() -> str:

@@ -152,6 +152,9 @@ class SparkConf(_Strict):
     jit: Literal["auto", "c1", "tiered"] = "auto"
     # Extra JVM options for that driver, after the JIT's.
     driver_java_options: str | None = None
+    # Where `p300 jvm-cache` writes the driver JVM's class data sharing archive, which local
+    # sessions then map (pipeline/jvm_archive.py); null: never use one.
+    class_archive_dir: str | None = "~/.cache/p300-pipeline/jvm"
     log_level: str = "WARN"
     delta_version: str = "4.4.0"
     delta_jars: list[str] = Field(default_factory=list)

@@ -56,8 +56,9 @@ def driver_java_options(spark_cfg: SparkSettings, cores: int) -> str | None:
     return " ".join(o for o in (C1_ONLY if c1 else None, spark_cfg.driver_java_options) if o) or None
 
 
-def spark_conf_pairs(cfg: Config, for_tests: bool = False) -> dict[str, str]:
-    """Spark settings for a local session with Delta (also used for spark-submit --conf)."""
+def spark_conf_pairs(cfg: Config, for_tests: bool = False, class_archive: bool = False) -> dict[str, str]:
+    """Spark settings for a local session with Delta (also used for spark-submit --conf);
+    ``class_archive``: map the driver JVM's class archive when there is one (pipeline/jvm_archive.py)."""
     cores = os.cpu_count() or 2
     conf = {
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -84,7 +85,12 @@ def spark_conf_pairs(cfg: Config, for_tests: bool = False) -> dict[str, str]:
         # Spark's 1g default was too little: ingesting ten 33 MB files (their bytes through the
         # JVM) after three preprocess runs in one process failed on a fragmented 1g heap
         conf["spark.driver.memory"] = cfg.spark.driver_memory
-    java_options = driver_java_options(cfg.spark, cores)
+    options = [driver_java_options(cfg.spark, cores)]
+    if class_archive:  # only for a driver JVM started here (get_spark): the archive is a file on this machine
+        from pipeline.jvm_archive import archive_options
+
+        options.append(archive_options(cfg))
+    java_options = " ".join(o for o in options if o)
     if java_options:
         conf["spark.driver.extraJavaOptions"] = java_options
     jars = delta_jar_paths(cfg)
@@ -107,7 +113,7 @@ def get_spark(cfg: Config, for_tests: bool = False) -> SparkSession:
     # (spark.pyspark.python is honoured by spark-submit alone): make it this interpreter.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master(cfg.spark.master).appName(cfg.spark.app_name)
-    for key, value in spark_conf_pairs(cfg, for_tests).items():
+    for key, value in spark_conf_pairs(cfg, for_tests, class_archive=True).items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(cfg.spark.log_level)
