@@ -166,7 +166,7 @@ def main() -> int:
             ("toPandas + np.stack", *_measure(lambda: _pandas_load(spark, cfg, ids, version))),
             ("Arrow flat fill (p300 train)", t_arrow, m_arrow, X)]
     t_base, m_base = rows[0][1], rows[0][2]
-    print(f"\nfeatures to the driver          seconds  peak RSS growth MiB  time vs baseline  memory vs baseline")
+    print("\nfeatures to the driver          seconds  peak RSS growth MiB  time vs baseline  memory vs baseline")
     for name, t, m, out in rows:
         assert np.array_equal(out, X), f"{name} disagrees with the Arrow path"
         print(f"  {name:<30} {t:6.2f}  {m:12.1f}         {t_base / t:8.1f}x faster  {m_base / max(m, 0.1):8.1f}x less")

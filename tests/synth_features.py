@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from pyspark.sql import SparkSession
-from pyspark.sql import types as T
 
 from pipeline.config import Config
 from pipeline.synth import synth_subject
