@@ -53,9 +53,7 @@ def test_build_then_a_new_session_loads_spark_from_the_archive(tmp_path):
 
     log = tmp_path / "classes.log"
     script = textwrap.dedent(f"""
-        import pytest
-
-from pipeline.config import ConfigError, load_config
+        from pipeline.config import load_config
         from pipeline.spark import get_spark
         cfg = load_config(env={{}}, overrides=["spark.class_archive_dir={tmp_path}", "spark.master=local[1]",
                                               "spark.jit=c1", "spark.driver_java_options=-Xlog:class+load=info:file={log}"])
