@@ -6,10 +6,11 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import signal
 
 from pipeline.synth import synth_subject
-from udfs.preprocess import (NoEpochsError, PreprocessError, Settings, design_bandpass, design_notch,
-                             preprocess_subject, run_subject)
+from udfs.preprocess import (NoEpochsError, PreprocessError, Settings, bandpass_stop_hz, design_antialias,
+                             design_bandpass, design_notch, preprocess_subject, run_subject)
 
 
 def raw_frame(sid: int = 3, minutes: float = 1.0, n_channels: int = 4, sfreq: float = 128.0, seed: int = 0) -> pd.DataFrame:
@@ -137,3 +138,15 @@ def test_filter_designs_match_mne():
     from udfs.preprocess import _filter_zero_phase
     ours = _filter_zero_phase(x, design_notch(250.0, (16.7, 33.4)))
     np.testing.assert_allclose(ours, ref, atol=1e-9)
+
+
+@pytest.mark.parametrize("sfreq, up, down", [(512.0, 25, 128), (256.0, 25, 64), (250.0, 2, 5), (1000.0, 1, 10)])
+def test_antialias_filter_keeps_the_band_and_stops_what_would_fold_into_it(sfreq, up, down):
+    keep = bandpass_stop_hz(100.0, 20.0)  # 25 Hz: the band-pass removes everything above
+    h = design_antialias(sfreq, up, down, keep)
+    assert h is not None and len(h) < 2 * 10 * max(up, down) + 1  # shorter than resample_poly's own
+    freqs, response = signal.freqz(h, worN=1 << 16, fs=sfreq * up)
+    gain_db = 20 * np.log10(np.abs(response) + 1e-30)
+    assert np.abs(gain_db[(freqs >= 1) & (freqs <= 20)]).max() < 0.01  # the band, flat
+    assert gain_db[freqs >= 100.0 - keep].max() < -63  # all that would fold into 0-25 Hz at 100 Hz
+    assert design_antialias(sfreq, up, down, 50.0) is None  # nothing left to trade: resample_poly's default

@@ -48,6 +48,8 @@ __all__ = [
     "channel_columns",
     "design_bandpass",
     "design_notch",
+    "design_antialias",
+    "bandpass_stop_hz",
     "run_subject",
     "preprocess_subject",
     "empty_features",
@@ -56,6 +58,8 @@ __all__ = [
 FEATURE_COLUMNS = ["subject_id", "epoch_idx", "event_sample", "label", "features"]
 LABEL_NONTARGET, LABEL_TARGET = 1, 2
 _LENGTH_FACTOR_HAMMING = 3.3  # mne.filter._length_factors["hamming"]
+# stop-band attenuation of the anti-aliasing filter before the band-pass (design_antialias)
+ANTIALIAS_ATTENUATION_DB = 65.0
 
 
 class PreprocessError(ValueError):
@@ -174,6 +178,11 @@ def _fir_length(sfreq: float, min_transition: float) -> int:
     return n + (n - 1) % 2  # odd, for a zero-phase filter
 
 
+def bandpass_stop_hz(sfreq: float, h_freq: float) -> float:
+    """Where the band-pass's upper stop band starts (MNE's "auto" transition above h_freq)."""
+    return h_freq + min(max(0.25 * h_freq, 2.0), sfreq / 2.0 - h_freq)
+
+
 @lru_cache(maxsize=32)
 def design_bandpass(sfreq: float, l_freq: float, h_freq: float) -> np.ndarray:
     """Band-pass taps with MNE's "auto" transition bandwidths and filter length."""
@@ -181,9 +190,10 @@ def design_bandpass(sfreq: float, l_freq: float, h_freq: float) -> np.ndarray:
     if not 0 < l_freq < h_freq < nyq:
         raise PreprocessError(f"band-pass {l_freq}-{h_freq} Hz does not fit below Nyquist ({nyq} Hz)")
     l_trans = min(max(0.25 * l_freq, 2.0), l_freq)
-    h_trans = min(max(0.25 * h_freq, 2.0), nyq - h_freq)
+    f_s2 = bandpass_stop_hz(sfreq, h_freq)
+    h_trans = f_s2 - h_freq
     n = _fir_length(sfreq, min(l_trans, h_trans))
-    f_s1, f_s2 = l_freq - l_trans, h_freq + h_trans
+    f_s1 = l_freq - l_trans
     freq, gain = [f_s1, l_freq, h_freq, f_s2], [0, 1, 1, 0]
     if f_s2 != nyq:
         freq, gain = freq + [nyq], gain + [0]
@@ -228,13 +238,41 @@ def _filter_zero_phase(x: np.ndarray, h: np.ndarray) -> np.ndarray:
     return y[:, n_edge:n_edge + n]
 
 
-def _resample(x: np.ndarray, sfreq: float, target: float) -> np.ndarray:
-    """Continuous signal to the target rate: polyphase for small rational ratios, else FFT."""
+@lru_cache(maxsize=32)
+def design_antialias(sfreq: float, up: int, down: int, keep_hz: float) -> np.ndarray | None:
+    """resample_poly's anti-aliasing low-pass, only as long as the chain needs.
+
+    resample_poly's default keeps everything up to the new Nyquist, with a narrow
+    transition and a long filter (2,561 taps for 512 -> 100 Hz). The band-pass after it
+    removes everything above ``keep_hz`` anyway, so this filter only has to keep 0..keep_hz
+    flat and remove, by ANTIALIAS_ATTENUATION_DB, what would fold into 0..keep_hz: all
+    above ``new_rate - keep_hz``. With 1-20 Hz (keep 25 Hz) that is a Kaiser filter with a
+    25-75 Hz transition, 1,019 taps, and resampling takes 20 ms instead of 51 ms for a
+    12-minute, 16-channel, 512 Hz subject. None where it would be no shorter."""
+    fs_up = sfreq * up
+    stop = fs_up / down - keep_hz
+    if stop <= keep_hz:
+        return None
+    n, beta = signal.kaiserord(ANTIALIAS_ATTENUATION_DB, (stop - keep_hz) / (fs_up / 2.0))
+    n |= 1
+    if n >= 2 * 10 * max(up, down) + 1:
+        return None
+    h = signal.firwin(n, (keep_hz + stop) / 2.0, window=("kaiser", beta), fs=fs_up)
+    h.flags.writeable = False
+    return h
+
+
+def _resample(x: np.ndarray, sfreq: float, target: float, keep_hz: float) -> np.ndarray:
+    """Continuous signal to the target rate: polyphase for small rational ratios, else FFT;
+    ``keep_hz``: the highest frequency the caller keeps afterwards."""
     if abs(sfreq - target) < 1e-9:
         return x
     ratio = Fraction(target / sfreq).limit_denominator(1024)
     if abs(float(ratio) * sfreq - target) <= 1e-6 * target:
-        return signal.resample_poly(x, ratio.numerator, ratio.denominator, axis=1, padtype="line")
+        up, down = ratio.numerator, ratio.denominator
+        h = design_antialias(sfreq, up, down, keep_hz)
+        return signal.resample_poly(x, up, down, axis=1, padtype="line",
+                                    **({} if h is None else {"window": h}))
     n_out = max(int(round(x.shape[1] * target / sfreq)), 1)
     return signal.resample(x, n_out, axis=1)
 
@@ -342,10 +380,10 @@ def run_subject(raw: pd.DataFrame, settings: Settings) -> SubjectResult:
         raise NoEpochsError(f"no events (stim has no {s.event_nontarget}/{s.event_target} onsets)")
 
     # Resample first, then filter at the target rate: for everything in the pass band this
-    # equals MNE's filter-then-resample (resample_poly's anti-aliasing keeps the band flat
-    # within 0.001 dB and suppresses by more than 64 dB all that could fold into 0-25 Hz),
+    # equals MNE's filter-then-resample (the anti-aliasing keeps 1-20 Hz flat within 0.003 dB
+    # and suppresses by more than 65 dB all that could fold into 0-25 Hz, design_antialias),
     # and the FIR runs over 5x fewer samples with a 5x shorter kernel (about 2x faster overall).
-    data = _resample(data, s.sfreq, s.resample_hz)
+    data = _resample(data, s.sfreq, s.resample_hz, bandpass_stop_hz(s.resample_hz, s.h_freq))
     h = design_bandpass(s.resample_hz, s.l_freq, s.h_freq)
     if s.notch_freqs:
         h = np.convolve(h, design_notch(s.resample_hz, s.notch_freqs))
