@@ -1,6 +1,6 @@
 """`p300 jvm-cache`: a class data sharing (AppCDS) archive for the local driver JVM.
 
-Every local command starts a fresh JVM that loads and verifies some ten thousand Spark,
+Every local command starts a fresh JVM that loads and verifies some twenty thousand Spark,
 Delta, Parquet and Arrow classes, first at session start and again on each first use (the
 first Delta table, the first Arrow UDF). A dynamic CDS archive (JDK 13+) holds those
 classes already parsed and verified, and the JVM maps it at start. On the 2-core
@@ -107,14 +107,17 @@ def _dump(cfg: Config, out: Path) -> None:
         write_subject_file(synth_subject(1, minutes=0.5, n_channels=4, sfreq=sfreq, seed=0),
                            Path(cfg.landing_dir) / subject_file_name(1), sfreq)
         spark = get_spark(cfg)
-        if ingest(spark, cfg).count("ingested") != 1 or preprocess(spark, cfg).count("ok") != 1:
+        try:
+            ok = ingest(spark, cfg).count("ingested") == 1 and preprocess(spark, cfg).count("ok") == 1
+        finally:  # whatever happened, this process ends only after its JVM has
+            spark.stop()
+            gateway: Any = SparkContext._gateway
+            proc = gateway.proc
+            gateway.shutdown()
+            proc.stdin.close()  # the gateway JVM exits on EOF, and dumps the archive on its way out
+            proc.wait(timeout=600)
+        if not ok:
             raise RuntimeError("the warm-up ingest or preprocess did not succeed")
-        spark.stop()
-        gateway: Any = SparkContext._gateway
-        proc = gateway.proc
-        gateway.shutdown()
-        proc.stdin.close()  # the gateway JVM exits on EOF, and dumps the archive on its way out
-        proc.wait(timeout=600)
 
 
 def main(cfg: Config, args: Any, rep: Reporter) -> int:
