@@ -202,6 +202,15 @@ def spark_child(root: Path, files: list[Path], master: str, sets: Sequence[str])
     return 0
 
 
+def run_child(root: Path, files: Sequence[Path], master: str, sets: Sequence[str]) -> dict:
+    """``spark_child`` in a fresh process; its JSON line (exits when the child fails)."""
+    cmd = [sys.executable, __file__, "--child", str(root), "--master", master, *map(str, files), *child_flags(sets)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if proc.returncode:
+        raise SystemExit(f"child for {len(files)} subject(s) on {master} failed ({proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def fit(t_small: float, t_large: float, n_small: int, n_large: int) -> tuple[float, float]:
     marginal = (t_large - t_small) / (n_large - n_small)
     return t_small - marginal * n_small, marginal
@@ -250,13 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spark_t, child = {}, {}
     for n in (n1, n2):  # each size in a fresh process: session start, ingest, then the timed job
-        cmd = [sys.executable, __file__, "--child", str(work / f"root{n}"), "--master", args.master,
-               *[str(p) for p in paths[:n]], *child_flags(sets)]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-        if proc.returncode:
-            print(f"child for N={n} failed ({proc.returncode})", file=sys.stderr)
-            return 1
-        child[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+        child[n] = run_child(work / f"root{n}", paths[:n], args.master, sets)
         spark_t[n] = child[n]["preprocess_s"]
         print(f"# (c) N={n}: session start {child[n]['session_s']:.1f}s, ingest {child[n]['ingest_s']:.1f}s "
               f"(untimed setup), preprocess {spark_t[n]:.2f}s ({child[n]['epochs']} epochs), "

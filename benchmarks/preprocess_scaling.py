@@ -14,24 +14,13 @@ of the c task slots that did signal processing rather than waiting on Spark.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import preprocess as bench  # noqa: E402  (benchmarks/preprocess.py)
-
-
-def run_child(root: Path, files: list[Path], cores: int, sets: list[str]) -> dict:
-    cmd = [sys.executable, bench.__file__, "--child", str(root), "--master", f"local[{cores}]", *map(str, files),
-           *bench.child_flags(sets)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    if proc.returncode:
-        raise SystemExit(f"child for local[{cores}] failed ({proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for c in cores:
-        r = run_child(work / f"root_c{c}", files, c, sets)
+        r = bench.run_child(work / f"root_c{c}", files, f"local[{c}]", sets)
         rows.append((c, r))
         print(f"# local[{c}]: session {r['session_s']:.1f}s, ingest {r['ingest_s']:.2f}s, "
               f"preprocess {r['preprocess_s']:.2f}s ({r['epochs']} epochs; stages "
