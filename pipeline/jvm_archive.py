@@ -7,9 +7,10 @@ classes already parsed and verified, and the JVM maps it at start. On the 2-core
 development machine it halved session start (3.4 -> 1.7 s) and took about 2 s off a
 first ingest (README, "Performance").
 
-The archive belongs to one set of jars: its file name is a hash of pyspark's version, its
-jars and the Delta jars, so a changed environment simply has no archive until the next
-``p300 jvm-cache``. It is built in a separate process that runs a small ingest and
+The archive belongs to one set of jar files: its file name is a hash of pyspark's version
+and the path, size and modification time of its jars and the Delta jars (what the JVM
+checks before it maps an archive), so a changed or reinstalled environment simply has no
+archive until the next ``p300 jvm-cache``. It is built in a separate process that runs a small ingest and
 preprocess on a synthetic subject (so the classes those load are in it), and is renamed
 into place only after that process's JVM has exited, so a session never maps a
 half-written file. A JVM that cannot use it (another JDK) starts without it.
@@ -42,8 +43,10 @@ def _environment_key(cfg: Config) -> str:
 
     jars = sorted(Path(pyspark.__file__).parent.joinpath("jars").glob("*.jar"))
     delta = [Path(j) for j in delta_jar_paths(cfg)]
+    # the JVM refuses an archive when any jar's size or modification time differs from the
+    # build's (a reinstalled environment has the same jars with new times), so both are in the key
     parts = [pyspark.__version__, delta_artifact(cfg),
-             *(f"{j.name}:{j.stat().st_size}" for j in [*jars, *delta])]
+             *(f"{j}:{j.stat().st_size}:{int(j.stat().st_mtime)}" for j in [*jars, *delta])]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

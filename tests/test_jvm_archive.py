@@ -40,6 +40,12 @@ def test_the_archive_is_mapped_only_when_it_exists_and_only_by_local_sessions(tm
     other = archive_path(load_config(env={}, overrides=[f"spark.class_archive_dir={tmp_path}",
                                                         f"spark.delta_jars=[{jars[0]},{jars[1]}]"]))
     assert one != other != path
+    # the same bytes reinstalled (a new virtual environment): the JVM refuses the old archive,
+    # so the key must change too
+    os.utime(jars[0], (1_000_000_000, 1_000_000_000))
+    touched = archive_path(load_config(env={}, overrides=[f"spark.class_archive_dir={tmp_path}",
+                                                          f"spark.delta_jars=[{jars[0]},{jars[1]}]"]))
+    assert touched not in (one, other, path)
 
 
 def test_build_then_a_new_session_loads_spark_from_the_archive(tmp_path):
