@@ -137,9 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("jvm-cache", help="build the local driver JVM's class archive (faster session start)",
                        description="Build a class data sharing archive for the local driver JVM: a small ingest "
                        "and preprocess in a JVM that dumps the classes it loaded. Local sessions map it from then "
-                       "on (session start 3.4 -> 1.7 s on 2 cores). Its name follows pyspark's and Delta's jars: "
-                       "after upgrading either, run it again.")
+                       "on (session start 3.4 -> 1.7 s on 2 cores). Its name follows pyspark's and Delta's jar files: "
+                       "after upgrading or reinstalling either, run it again.")
     p.add_argument("--rebuild", action="store_true", help="build it again even when it exists")
+    p.add_argument("--prune", action="store_true",
+                   help="remove the directory's archives for other or older environments (each about 190 MB)")
     p = sub.add_parser("demo", help="the whole cycle on synthetic data from an empty root, with a summary")
     p.add_argument("--subjects", type=int, default=10)
     p.add_argument("--minutes", type=float, default=12.0)

@@ -30,7 +30,7 @@ from typing import Any
 from pipeline.config import Config, ConfigError
 from pipeline.report import Reporter
 
-__all__ = ["archive_path", "archive_options", "build", "main"]
+__all__ = ["archive_path", "archive_options", "build", "other_archives", "main"]
 
 # the JVM reports a missing or unusable archive, and every class it skips while dumping, on stdout
 _QUIET = "-Xshare:auto -Xlog:cds=off -Xlog:cds+dynamic=off"
@@ -91,6 +91,15 @@ def build(cfg: Config, rebuild: bool = False, rep: Reporter | None = None) -> Pa
     return target
 
 
+def other_archives(cfg: Config) -> list[Path]:
+    """The archives beside this environment's: other environments', or this one's before a
+    reinstall (the JVM would refuse those)."""
+    target = archive_path(cfg)
+    if target is None or not target.parent.is_dir():
+        return []
+    return sorted(p for p in target.parent.glob("p300-*.jsa") if p != target)
+
+
 def _dump(cfg: Config, out: Path) -> None:
     """In the child: one small ingest + preprocess, then wait until the JVM has written ``out``."""
     from pyspark import SparkContext
@@ -126,6 +135,15 @@ def _dump(cfg: Config, out: Path) -> None:
 def main(cfg: Config, args: Any, rep: Reporter) -> int:
     """`p300 jvm-cache [--rebuild]`."""
     build(cfg, rebuild=getattr(args, "rebuild", False), rep=rep)
+    others = other_archives(cfg)
+    if others and getattr(args, "prune", False):
+        for path in others:
+            path.unlink(missing_ok=True)
+        rep.info(f"removed {len(others)} archive(s) of other or older environments")
+    elif others:
+        size = sum(p.stat().st_size for p in others) >> 20
+        rep.info(f"{len(others)} other archive(s) in {others[0].parent} ({size} MB), for other environments or "
+                 "from before a reinstall: `p300 jvm-cache --prune` removes them")
     return 0
 
 

@@ -1,6 +1,8 @@
 """`p300 jvm-cache`: the driver JVM's class data sharing archive, built and mapped for real."""
 from __future__ import annotations
 
+import argparse
+import io
 import os
 import subprocess
 import sys
@@ -9,7 +11,8 @@ import textwrap
 import pytest
 
 from pipeline.config import ConfigError, load_config
-from pipeline.jvm_archive import archive_options, archive_path, build
+from pipeline.jvm_archive import archive_options, archive_path, build, main, other_archives
+from pipeline.report import Reporter
 from pipeline.spark import C1_ONLY, spark_conf_pairs
 
 
@@ -56,6 +59,15 @@ def test_build_then_a_new_session_loads_spark_from_the_archive(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # nothing half-written left over
     mtime = path.stat().st_mtime_ns
     assert build(cfg) == path and path.stat().st_mtime_ns == mtime  # up to date: not built again
+
+    stale = tmp_path / "p300-0123456789abcdef.jsa"  # another environment's, or this one's before a reinstall
+    stale.write_bytes(b"old")
+    assert other_archives(cfg) == [stale]
+    said = io.StringIO()
+    assert main(cfg, argparse.Namespace(rebuild=False, prune=False), Reporter(err=said)) == 0
+    assert stale.exists() and "p300 jvm-cache --prune" in said.getvalue()  # kept unless asked
+    assert main(cfg, argparse.Namespace(rebuild=False, prune=True), Reporter(quiet=True)) == 0
+    assert not stale.exists() and path.is_file() and path.stat().st_mtime_ns == mtime
 
     log = tmp_path / "classes.log"
     script = textwrap.dedent(f"""
