@@ -42,6 +42,7 @@ from pyspark.sql import types as T
 
 from pipeline import storage
 from pipeline.config import Config
+from pipeline.job_progress import job_progress
 from pipeline.report import Reporter
 from udfs import landing, raw_chunks
 from udfs.preprocess import channel_columns
@@ -257,7 +258,7 @@ _CHECK_SCHEMA = T.StructType([
 ])
 
 
-def _data_checks(spark: SparkSession, cfg: Config, todo: list[FileDecision]) -> None:
+def _data_checks(spark: SparkSession, cfg: Config, todo: list[FileDecision], rep: Reporter) -> None:
     """One Spark job over all files to write: rejects NaN/inf channels, no events, odd stim codes,
     and data that does not decode although the footer did (corrupt pages)."""
     sig = cfg.signal
@@ -269,7 +270,7 @@ def _data_checks(spark: SparkSession, cfg: Config, todo: list[FileDecision]) -> 
     def check(batches):
         return landing.check_files(batches, specs, stim, ids)
 
-    with storage.session_conf(spark, _FILE_JOB_CONF):
+    with storage.session_conf(spark, _FILE_JOB_CONF), job_progress(spark, rep, "data checks", "files", len(todo)):
         results = {r.name: r for r in _binary_files(spark, todo).mapInPandas(check, _CHECK_SCHEMA).collect()}
     for d in todo:
         r = results.get(d.info.name)
@@ -356,7 +357,7 @@ def _check_layout(spark: SparkSession, cfg: Config) -> list[str]:
     return channel_columns(raw.columns, cfg.signal.channel_prefix)
 
 
-def _write_raw(spark: SparkSession, cfg: Config, todo: list[FileDecision], run_id: str) -> int:
+def _write_raw(spark: SparkSession, cfg: Config, todo: list[FileDecision], run_id: str, rep: Reporter) -> int:
     """ONE commit for the whole batch; replaceWhere makes a retried write a replacement."""
     width = max(len(d.channels) for d in todo)
     width = max(width, len(_check_layout(spark, cfg)))
@@ -371,7 +372,7 @@ def _write_raw(spark: SparkSession, cfg: Config, todo: list[FileDecision], run_i
     # no Parquet dictionary for the sample blocks (all distinct: it would cost CPU and be dropped anyway)
     conf = {**_FILE_JOB_CONF, **{f"parquet.enable.dictionary#{c}": "false"
                                  for c in [*channel_columns(df.columns, cfg.signal.channel_prefix), cfg.signal.stim_column]}}
-    with storage.session_conf(spark, conf):
+    with storage.session_conf(spark, conf), job_progress(spark, rep, "raw_eeg write", "files", len(todo)):
         storage.save(writer, cfg, "raw_eeg")
     return int(storage.table_version(spark, cfg, "raw_eeg"))
 
@@ -485,13 +486,13 @@ def ingest(spark: SparkSession, cfg: Config, max_subjects: int | None = None, re
 
     todo = [d for d in batch if d.write]
     if todo:
-        _data_checks(spark, cfg, todo)
+        _data_checks(spark, cfg, todo, rep)
         todo = [d for d in todo if d.write]
     raw_version = storage.table_version(spark, cfg, "raw_eeg")
     if todo:
         rows = sum(d.rows or 0 for d in todo)
         with rep.stage(f"writing {len(todo)} subject(s), {rows:,} samples, to raw_eeg"):
-            raw_version = _write_raw(spark, cfg, todo, run_id)
+            raw_version = _write_raw(spark, cfg, todo, run_id, rep)
     for d in batch:
         if d.status in OK_STATUSES:
             d.raw_version = raw_version

@@ -37,6 +37,7 @@ from pyspark.sql import types as T
 from pipeline import storage
 from pipeline.config import Config
 from pipeline.ingest import raw_subject_state
+from pipeline.job_progress import job_progress
 from pipeline.report import Reporter
 from udfs import raw_chunks
 from udfs.preprocess import PreprocessError, Settings, channel_columns, empty_features, run_subject
@@ -268,7 +269,8 @@ def preprocess(spark: SparkSession, cfg: Config, subjects: Sequence[int] | None 
               .option("replaceWhere", f"subject_id IN ({', '.join(map(str, pending))})")
               .option("userMetadata", json.dumps(meta)))
     t1 = time.perf_counter()
-    with rep.stage(f"applyInPandas over {len(pending)} subject(s) -> features"), storage.session_conf(spark, job_conf):
+    with rep.stage(f"applyInPandas over {len(pending)} subject(s) -> features"), storage.session_conf(spark, job_conf), \
+            job_progress(spark, rep, "preprocess", "subjects", len(pending)):
         storage.save(writer, cfg, "features")
     features_version = storage.table_version(spark, cfg, "features")
     t2 = time.perf_counter()

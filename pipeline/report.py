@@ -27,10 +27,12 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 class Reporter:
     """Progress on stderr (so stdout stays parseable), results on stdout."""
 
-    def __init__(self, out: TextIO | None = None, err: TextIO | None = None, quiet: bool = False) -> None:
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None, quiet: bool = False,
+                 progress_every_s: float = 5.0) -> None:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.quiet = quiet
+        self.progress_every_s = progress_every_s  # how often long Spark jobs report (pipeline.job_progress)
 
     def info(self, msg: str) -> None:
         if not self.quiet:

@@ -79,7 +79,9 @@ def test_good_files_end_to_end_and_rerun_is_a_no_op(spark, cfg, capsys, monkeypa
     (landing(cfg) / "subject_03_eeg_stim.parquet.tmp").write_bytes(b"still being written")
     code = run(["--root", cfg.root, "--set", "spark.master=local[2]", "ingest"], environ={})
     assert code == 0
-    assert "2 ingested, 0 replaced, 0 quarantined" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "2 ingested, 0 replaced, 0 quarantined" in said.out
+    assert "data checks: 2/2 files done (" in said.err and "raw_eeg write: 2/2 files done (" in said.err
 
     raw = storage.read_table(spark, cfg, "raw_eeg")
     assert_schema_equality(raw.schema, RAW_SCHEMA, ignore_nullable=False)

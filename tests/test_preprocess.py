@@ -67,7 +67,9 @@ def test_good_subjects_failures_isolated_rerun_and_reprocess(spark, cfg, capsys,
     raw_version = storage.table_version(spark, cfg, "raw_eeg")
 
     assert run(["--root", cfg.root, "--set", "spark.master=local[2]", "preprocess"], environ={}) == 0
-    assert "2 ok, 2 empty, 1 failed" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "2 ok, 2 empty, 1 failed" in said.out
+    assert "[p300] preprocess: 5/5 subjects done (" in said.err  # progress: one task per subject
 
     features = storage.read_table(spark, cfg, "features")
     assert_schema_equality(features.schema, FEATURES_SCHEMA, ignore_nullable=False)

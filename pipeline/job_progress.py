@@ -1,0 +1,79 @@
+"""Progress of one long Spark job, for users: how many of its subjects (or files) are done.
+
+Preprocessing runs one task per subject and ingest one task per file, so the tasks done
+in the stage that has exactly that many tasks are the subjects or files done. While the
+body of ``job_progress`` runs, a daemon thread asks Spark's status tracker about the
+jobs of a job group of its own every ``rep.progress_every_s`` seconds and reports each change
+(``[p300] preprocess: 7/20 subjects done (12 s)``); the count at the end is always
+reported. It reads Spark's bookkeeping only, never the data.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Iterator
+
+from pyspark.sql import SparkSession
+
+from pipeline.report import Reporter
+
+__all__ = ["job_progress", "tasks_done"]
+
+_GROUP, _DESCRIPTION = "spark.jobGroup.id", "spark.job.description"
+
+
+def tasks_done(spark: SparkSession, group: str, total: int) -> int | None:
+    """Tasks completed in the group's stage of ``total`` tasks (its latest attempt); None before it starts."""
+    tracker = spark.sparkContext.statusTracker()
+    done = None
+    for job_id in tracker.getJobIdsForGroup(group):
+        job = tracker.getJobInfo(job_id)
+        for stage_id in job.stageIds if job else ():
+            stage = tracker.getStageInfo(stage_id)
+            if stage is not None and stage.numTasks == total:
+                done = max(done or 0, stage.numCompletedTasks)
+    return done
+
+
+@contextmanager
+def job_progress(spark: SparkSession, rep: Reporter, what: str, unit: str, total: int) -> Iterator[None]:
+    """Report ``what: done/total unit done`` while the body's Spark jobs run (see the module docstring)."""
+    if rep.quiet or total <= 1:
+        yield
+        return
+    sc = spark.sparkContext
+    group = f"p300-progress-{uuid.uuid4().hex[:12]}"
+    previous = {k: sc.getLocalProperty(k) for k in (_GROUP, _DESCRIPTION)}
+    sc.setJobGroup(group, f"p300 {what}: {total} {unit}")
+    start = time.perf_counter()
+    stop = threading.Event()
+    said = [-1]
+
+    def report() -> None:
+        done = tasks_done(spark, group, total)
+        if done is not None and done != said[0]:
+            said[0] = done
+            rep.info(f"{what}: {done}/{total} {unit} done ({time.perf_counter() - start:.0f} s)")
+
+    def poll() -> None:
+        while not stop.wait(rep.progress_every_s):
+            try:
+                report()
+            except Exception:  # noqa: BLE001 - progress is best effort; the job goes on regardless
+                return
+
+    thread = threading.Thread(target=poll, name="p300-job-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        for key, value in previous.items():
+            sc.setLocalProperty(key, value)  # type: ignore[arg-type]  # None removes it
+    try:
+        report()
+    except Exception:  # noqa: BLE001 - the job has succeeded; a failed progress line must not say otherwise
+        pass
