@@ -24,13 +24,21 @@ __all__ = ["job_progress", "tasks_done"]
 _GROUP, _DESCRIPTION = "spark.jobGroup.id", "spark.job.description"
 
 
-def tasks_done(spark: SparkSession, group: str, total: int) -> int | None:
-    """Tasks completed in the group's stage of ``total`` tasks (its latest attempt); None before it starts."""
+def tasks_done(spark: SparkSession, group: str, total: int, running_only: bool = False) -> int | None:
+    """Tasks completed in the group's stage of ``total`` tasks; None before there is one.
+
+    Delta runs small jobs of its own inside a write (log replay, file listing), which may
+    happen to have ``total`` tasks too; they last a fraction of a second, so while the job
+    runs only stages still running count (``running_only``), and at the end the stage that
+    got furthest."""
     tracker = spark.sparkContext.statusTracker()
+    running = set(tracker.getActiveStageIds()) if running_only else None
     done = None
     for job_id in tracker.getJobIdsForGroup(group):
         job = tracker.getJobInfo(job_id)
         for stage_id in job.stageIds if job else ():
+            if running is not None and stage_id not in running:
+                continue
             stage = tracker.getStageInfo(stage_id)
             if stage is not None and stage.numTasks == total:
                 done = max(done or 0, stage.numCompletedTasks)
@@ -51,16 +59,16 @@ def job_progress(spark: SparkSession, rep: Reporter, what: str, unit: str, total
     stop = threading.Event()
     said = [-1]
 
-    def report() -> None:
-        done = tasks_done(spark, group, total)
-        if done is not None and done != said[0]:
+    def report(running_only: bool) -> None:
+        done = tasks_done(spark, group, total, running_only)
+        if done is not None and done > said[0]:  # counts only ever go up
             said[0] = done
             rep.info(f"{what}: {done}/{total} {unit} done ({time.perf_counter() - start:.0f} s)")
 
     def poll() -> None:
         while not stop.wait(rep.progress_every_s):
             try:
-                report()
+                report(running_only=True)
             except Exception:  # noqa: BLE001 - progress is best effort; the job goes on regardless
                 return
 
@@ -74,6 +82,6 @@ def job_progress(spark: SparkSession, rep: Reporter, what: str, unit: str, total
         for key, value in previous.items():
             sc.setLocalProperty(key, value)  # type: ignore[arg-type]  # None removes it
     try:
-        report()
+        report(running_only=False)
     except Exception:  # noqa: BLE001 - the job has succeeded; a failed progress line must not say otherwise
         pass

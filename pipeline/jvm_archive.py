@@ -10,8 +10,9 @@ first ingest (README, "Performance").
 The archive belongs to one set of jar files: its file name is a hash of pyspark's version
 and the path, size and modification time of its jars and the Delta jars (what the JVM
 checks before it maps an archive), so a changed or reinstalled environment simply has no
-archive until the next ``p300 jvm-cache``. It is built in a separate process that runs a small ingest and
-preprocess on a synthetic subject (so the classes those load are in it), and is renamed
+archive until the next ``p300 jvm-cache`` (``--prune`` removes the archives of others).
+It is built in a separate process that runs a small ingest and preprocess on a
+synthetic subject (so the classes those load are in it), and is renamed
 into place only after that process's JVM has exited, so a session never maps a
 half-written file. A JVM that cannot use it (another JDK) starts without it.
 """
@@ -133,7 +134,7 @@ def _dump(cfg: Config, out: Path) -> None:
 
 
 def main(cfg: Config, args: Any, rep: Reporter) -> int:
-    """`p300 jvm-cache [--rebuild]`."""
+    """`p300 jvm-cache [--rebuild] [--prune]`."""
     build(cfg, rebuild=getattr(args, "rebuild", False), rep=rep)
     others = other_archives(cfg)
     if others and getattr(args, "prune", False):

@@ -55,5 +55,6 @@ def test_only_the_stage_with_one_task_per_unit_counts(spark):
         sc.setLocalProperty("spark.jobGroup.id", None)
         sc.setLocalProperty("spark.job.description", None)
     assert tasks_done(spark, "p300-progress-test", 3) == 3
+    assert tasks_done(spark, "p300-progress-test", 3, running_only=True) is None  # it has ended
     assert tasks_done(spark, "p300-progress-test", 5) is None  # no stage of five tasks
     assert tasks_done(spark, "no-such-group", 3) is None
