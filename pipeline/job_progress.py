@@ -63,13 +63,14 @@ def job_progress(spark: SparkSession, rep: Reporter, what: str, unit: str, total
         done = tasks_done(spark, group, total, running_only)
         if done is not None and done > said[0]:  # counts only ever go up
             said[0] = done
-            rep.info(f"{what}: {done}/{total} {unit} done ({time.perf_counter() - start:.0f} s)")
+            rep.progress(done, total, what, unit, time.perf_counter() - start)
 
     def poll() -> None:
         while not stop.wait(rep.progress_every_s):
             try:
                 report(running_only=True)
-            except Exception:  # noqa: BLE001 - progress is best effort; the job goes on regardless
+            except Exception as exc:  # noqa: BLE001 - progress is best effort; the job goes on regardless
+                rep.warn(f"{what}: progress reporting stopped ({type(exc).__name__}: {exc}); the job goes on")
                 return
 
     thread = threading.Thread(target=poll, name="p300-job-progress", daemon=True)
@@ -83,5 +84,5 @@ def job_progress(spark: SparkSession, rep: Reporter, what: str, unit: str, total
             sc.setLocalProperty(key, value)  # type: ignore[arg-type]  # None removes it
     try:
         report(running_only=False)
-    except Exception:  # noqa: BLE001 - the job has succeeded; a failed progress line must not say otherwise
-        pass
+    except Exception as exc:  # noqa: BLE001 - the job has succeeded; a failed progress line must not say otherwise
+        rep.warn(f"{what}: no final progress count ({type(exc).__name__}: {exc}); the job itself succeeded")

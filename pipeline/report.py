@@ -49,8 +49,11 @@ class Reporter:
             self.result(title)
         self.result(format_table(rows, headers))
 
-    def progress(self, done: int, total: int, what: str) -> None:
-        self.info(f"{what}: {done}/{total}")
+    def progress(self, done: int, total: int, what: str, unit: str | None = None,
+                 seconds: float | None = None) -> None:
+        """``what: done/total`` and, when given, ``unit done`` and the time so far."""
+        tail = (f" {unit} done" if unit else "") + (f" ({seconds:.0f} s)" if seconds is not None else "")
+        self.info(f"{what}: {done}/{total}{tail}")
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
