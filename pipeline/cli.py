@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "job": "pipeline.jobs",
     "demo": "pipeline.demo",
     "jvm-cache": "pipeline.jvm_archive",
+    "monitor": "pipeline.monitor",
 }
 
 
@@ -142,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="build it again even when it exists")
     p.add_argument("--prune", action="store_true",
                    help="remove the directory's archives for other or older environments (each about 190 MB)")
+    sub.add_parser("monitor", help="profile and drift per window of the inference log; the retraining rule",
+                   description="Reads the endpoint's inference log, writes monitor_profile and monitor_drift for the "
+                               "windows not yet processed (idempotent), applies monitoring.rule and records the "
+                               "retrain flag (docs/monitoring.md).")
     p = sub.add_parser("demo", help="the whole cycle on synthetic data from an empty root, with a summary")
     p.add_argument("--subjects", type=int, default=10)
     p.add_argument("--minutes", type=float, default=12.0)

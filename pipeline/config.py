@@ -40,6 +40,13 @@ class Tables(_Strict):
     features: str = "features"
     preprocess_log: str = "preprocess_log"
     predictions: str = "predictions"
+    # monitoring (pipeline/monitor*.py, docs/monitoring.md); inference_log may name the endpoint's
+    # Databricks payload table (catalog.schema.<prefix>_payload), which deploy then enables
+    inference_log: str = "inference_log"
+    monitor_profile: str = "monitor_profile"
+    monitor_drift: str = "monitor_drift"
+    monitor_flags: str = "monitor_flags"
+    labels: str = "labels"
 
 
 class Storage(_Strict):
@@ -160,6 +167,35 @@ class SparkConf(_Strict):
     delta_jars: list[str] = Field(default_factory=list)
 
 
+class RetrainRule(_Strict):
+    """Retrain when at least k of the last n windows violate, and the latest does (mlops-stacks #156)."""
+
+    metric: str = "score_psi"  # a monitor metric name (docs/monitoring.md lists them)
+    threshold: float = 0.2
+    direction: Literal["above", "below"] = "above"  # violation: metric above (or below) threshold
+    k: int = Field(2, ge=1)
+    n: int = Field(5, ge=1)
+    served_entity: str = "champion"  # whose windows the rule reads
+
+    @model_validator(mode="after")
+    def _k_of_n(self) -> "RetrainRule":
+        if self.k > self.n:
+            raise ValueError(f"k ({self.k}) must not exceed n ({self.n})")
+        return self
+
+
+class Monitoring(_Strict):
+    inference_log: bool = True       # the local endpoint server logs every request
+    flush_interval_s: float = Field(1.0, gt=0)  # the log's flusher commits this often (and on a full segment)
+    segment_mb: float = Field(64.0, gt=0)       # write-ahead segment size that triggers an early flush
+    fsync: Literal["flush", "request"] = "flush"  # when the write-ahead file is fsynced (docs/monitoring.md)
+    window_s: int = Field(3600, ge=1)  # window length (Lakehouse Monitoring granularity)
+    lateness_s: float = Field(60.0, ge=0)  # a window is processed once it closed this long ago
+    psi_bins: int = Field(10, ge=2)
+    experiment: str = "p300-monitoring"
+    rule: RetrainRule = Field(default_factory=RetrainRule)
+
+
 class Config(_Strict):
     storage: Storage = Field(default_factory=Storage)
     signal: Signal = Field(default_factory=Signal)
@@ -169,6 +205,7 @@ class Config(_Strict):
     serving: Serving = Field(default_factory=Serving)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     spark: SparkConf = Field(default_factory=SparkConf)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
 
     # ---- derived locations (no I/O) -------------------------------------------------
     @property

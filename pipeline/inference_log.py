@@ -1,0 +1,270 @@
+"""The endpoint server's inference log: a write-ahead file on the request path, Delta behind it.
+
+Every answered invocation is appended, before its response is sent, to the open segment
+of a write-ahead log under ``<root>/serving/inference_wal/`` (one ``writev``: no JSON
+re-encoding, the request and response bytes go as they are). A background thread closes
+the segment every ``monitoring.flush_interval_s`` (sooner when it passes
+``monitoring.segment_mb``) and commits it to the Delta table ``inference_log`` as one
+append whose Delta transaction id is (``APP_ID``, segment number); then deletes it.
+
+Crash safety: a ``kill -9`` loses nothing that was answered, since the write returned
+before the response went out and the page cache outlives the process. On start,
+leftover segments are committed in order; a segment whose number is not above the
+table's recorded transaction version was committed before the crash and is only deleted,
+so a crash between commit and delete writes no duplicates. A record cut short by the
+crash (its request got no answer) ends the segment's readable part; those bytes are kept
+beside it as ``.torn``. fsync policy ``flush``: the segment is fsynced when it is closed,
+so a power loss can lose at most one flush interval; ``request``: fdatasync per record.
+
+Written with ``deltalake`` (delta-rs) because the server is not a Spark process: a
+segment's commit costs milliseconds in-process, where a Spark job would need a JVM
+beside the server; tests/test_inference_log.py reads the table back with delta-spark.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.monitor_tables import arrow_schema
+
+try:  # the server's own JSON library (pinned); json is the fallback
+    import orjson
+
+    def _dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    _loads = orjson.loads
+except ImportError:  # pragma: no cover
+    import json
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj).encode()
+
+    _loads = json.loads
+
+__all__ = ["APP_ID", "InferenceLog", "LoggedRequest", "read_segment", "new_request_id", "WAL_DIR"]
+
+APP_ID = "p300-serving-inference-log"  # the Delta transaction (txn) app id of the flusher's commits
+WAL_DIR = "inference_wal"
+_MAGIC = b"P3WL"
+_HEAD = struct.Struct("<4sIII")  # magic, len(meta), len(request), len(response)
+_TAIL = struct.Struct("<I")      # total frame length again: a torn frame cannot end well
+_SEG_PREFIX, _SEG_SUFFIX = "seg-", ".wal"
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One answered invocation, as read back from a segment."""
+
+    meta: dict[str, Any]
+    request: bytes
+    response: bytes
+
+
+def _segment_name(number: int) -> str:
+    return f"{_SEG_PREFIX}{number:012d}{_SEG_SUFFIX}"
+
+
+def _segment_number(path: Path) -> int | None:
+    name = path.name
+    if name.startswith(_SEG_PREFIX) and name.endswith(_SEG_SUFFIX):
+        digits = name[len(_SEG_PREFIX):-len(_SEG_SUFFIX)]
+        return int(digits) if digits.isdigit() else None
+    return None
+
+
+def read_segment(path: Path) -> tuple[list[LoggedRequest], int, int]:
+    """(records, bytes readable, file size): records up to the first torn or foreign frame."""
+    data = path.read_bytes()
+    out, pos = [], 0
+    while pos + _HEAD.size <= len(data):
+        magic, lm, lq, lr = _HEAD.unpack_from(data, pos)
+        end = pos + _HEAD.size + lm + lq + lr + _TAIL.size
+        if magic != _MAGIC or end > len(data) or _TAIL.unpack_from(data, end - _TAIL.size)[0] != end - pos:
+            break
+        a = pos + _HEAD.size
+        out.append(LoggedRequest(_loads(data[a:a + lm]), data[a + lm:a + lm + lq], data[a + lm + lq:a + lm + lq + lr]))
+        pos = end
+    return out, pos, len(data)
+
+
+def _to_arrow(records: list[LoggedRequest]) -> Any:
+    import pyarrow as pa
+
+    ts = [int(r.meta["timestamp_ms"]) for r in records]
+
+    def text(b: bytes) -> str:
+        return b.decode("utf-8", "replace")
+
+    meta_keys = ("endpoint_name", "model_name", "model_version", "served_entity_name")
+    columns = {
+        "databricks_request_id": [r.meta["databricks_request_id"] for r in records],
+        "client_request_id": [r.meta.get("client_request_id") for r in records],
+        "date": pa.array([t // 86_400_000 for t in ts], pa.int32()).cast(pa.date32()),
+        "timestamp_ms": ts,
+        "status_code": [int(r.meta["status_code"]) for r in records],
+        "sampling_fraction": [1.0] * len(records),
+        "execution_time_ms": [int(r.meta["execution_time_ms"]) for r in records],
+        "request": [text(r.request) for r in records],
+        "response": [text(r.response) for r in records],
+        "served_entity_id": [r.meta.get("served_entity_name") for r in records],
+        "request_metadata": [[(k, str(r.meta[k])) for k in meta_keys if r.meta.get(k) is not None] for r in records],
+    }
+    schema = arrow_schema()
+    return pa.Table.from_arrays([pa.array(columns[f.name], f.type) if not isinstance(columns[f.name], pa.Array)
+                                 else columns[f.name] for f in schema], schema=schema)
+
+
+class InferenceLog:
+    """Append on the request path, commit in the background; ``start`` recovers, ``close`` flushes."""
+
+    def __init__(self, wal_dir: Path, table_uri: str, flush_interval_s: float = 1.0, segment_mb: float = 64.0,
+                 fsync: str = "flush", log: Callable[[str], None] | None = None) -> None:
+        self.wal_dir = Path(wal_dir)
+        self.table_uri = table_uri
+        self.flush_interval_s = flush_interval_s
+        self.segment_bytes = int(segment_mb * 2**20)
+        self.fsync_each = fsync == "request"
+        self._log = log or (lambda msg: None)
+        self._lock = threading.Lock()        # the open segment: appends vs rotation
+        self._commit_lock = threading.Lock()  # one committer at a time (the thread, or flush())
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._fd = -1
+        self._number = 0
+        self._size = 0
+        self.committed_rows = 0
+
+    # ---- request path -------------------------------------------------------------------
+    def record(self, request: bytes, response: bytes, *, status_code: int, timestamp_ms: int,
+               execution_time_ms: int, endpoint_name: str, served_entity_name: str | None,
+               model_name: str | None, model_version: str | None, client_request_id: str | None = None,
+               databricks_request_id: str | None = None) -> str:
+        """Append one answered request; returns its databricks_request_id. Call before responding."""
+        rid = databricks_request_id or new_request_id()
+        meta = _dumps({"databricks_request_id": rid, "client_request_id": client_request_id,
+                       "timestamp_ms": timestamp_ms, "status_code": status_code,
+                       "execution_time_ms": execution_time_ms, "endpoint_name": endpoint_name,
+                       "served_entity_name": served_entity_name, "model_name": model_name,
+                       "model_version": model_version})
+        total = _HEAD.size + len(meta) + len(request) + len(response) + _TAIL.size
+        parts = [_HEAD.pack(_MAGIC, len(meta), len(request), len(response)), meta, request, response,
+                 _TAIL.pack(total)]
+        with self._lock:
+            written = os.writev(self._fd, parts)
+            if written != total:  # a short write (disk full): finish it or fail loudly
+                rest = b"".join(parts)[written:]
+                while rest:
+                    rest = rest[os.write(self._fd, rest):]
+            if self.fsync_each:
+                os.fdatasync(self._fd)
+            self._size += total
+            full = self._size >= self.segment_bytes
+        if full:
+            self._wake.set()
+        return rid
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def start(self) -> "InferenceLog":
+        """Open a new segment after every existing one and start the flusher, which first
+        commits what a previous process left."""
+        self.wal_dir.mkdir(parents=True, exist_ok=True)
+        existing = [n for n in (_segment_number(p) for p in self.wal_dir.iterdir()) if n is not None]
+        self._number = max([self._committed_version() or 0, *existing]) + 1
+        self._open(self._number)
+        self._thread = threading.Thread(target=self._run, name="inference-log-flusher", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the flusher and commit everything written so far."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.flush()
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+        path = self.wal_dir / _segment_name(self._number)
+        if path.exists() and path.stat().st_size == 0:
+            path.unlink()
+
+    def flush(self) -> int:
+        """Close the open segment (if it holds anything) and commit every closed one; rows committed."""
+        with self._commit_lock:
+            self._rotate()
+            return self._commit_closed()
+
+    # ---- internals ------------------------------------------------------------------------
+    def _open(self, number: int) -> None:
+        path = self.wal_dir / _segment_name(number)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._size = os.fstat(self._fd).st_size
+
+    def _rotate(self) -> None:
+        with self._lock:
+            if self._fd < 0 or self._size == 0:
+                return
+            old = self._fd
+            self._number += 1
+            self._open(self._number)
+        os.fsync(old)
+        os.close(old)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.flush()
+            except Exception as exc:  # noqa: BLE001 - the segments stay; the next round retries
+                self._log(f"inference log: commit failed, will retry: {type(exc).__name__}: {exc}")
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+
+    def _committed_version(self) -> int | None:
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            return DeltaTable(self.table_uri).transaction_version(APP_ID)
+        except TableNotFoundError:
+            return None
+
+    def _commit_closed(self) -> int:
+        from deltalake import CommitProperties, Transaction, write_deltalake
+
+        with self._lock:
+            current = self._number
+        closed = sorted((n, p) for p in self.wal_dir.iterdir()
+                        if (n := _segment_number(p)) is not None and n < current)
+        if not closed:
+            return 0
+        done = self._committed_version() or 0
+        rows = 0
+        for number, path in closed:
+            if number > done:
+                records, readable, size = read_segment(path)
+                if readable < size:
+                    path.with_suffix(".torn").write_bytes(path.read_bytes()[readable:])
+                    self._log(f"inference log: {path.name} ends in {size - readable} bytes of a record cut short "
+                              f"(a request that got no answer); kept as {path.with_suffix('.torn').name}")
+                if records:
+                    write_deltalake(self.table_uri, _to_arrow(records), mode="append",
+                                    commit_properties=CommitProperties(
+                                        app_transactions=[Transaction(APP_ID, number, int(time.time() * 1000))]))
+                    rows += len(records)
+            path.unlink()
+        self.committed_rows += rows
+        return rows
