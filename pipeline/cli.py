@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=16, help="EEG channels (default 16)")
     p.add_argument("--sfreq", type=float, default=None, help="sampling rate in Hz (default: signal.sfreq)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--drifted", action="store_true", help="a drifted cohort: later and smaller P300, more line "
+                                                          "noise, higher electrode gain (pipeline.synth.DRIFTED)")
 
     p = sub.add_parser("ingest", help="landing zone -> raw_eeg Delta table, exactly once per file")
     p.add_argument("--max-subjects", type=int, default=None, metavar="N",

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["SubjectParams", "MONTAGE", "synth_subject", "write_subject_file", "subject_file_name", "synth_landing_zone", "main"]
+__all__ = ["SubjectParams", "Drift", "DRIFTED", "MONTAGE", "synth_subject", "write_subject_file", "subject_file_name", "synth_landing_zone", "main"]
 
 # 10-20 positions (x: left-right, y: back-front), unit head radius. The first 16 are
 # the reference montage; more channels take the following ones.
@@ -59,6 +59,27 @@ class SubjectParams:
             background_uv=float(rng.uniform(8.0, 11.0)),
             blink_interval_s=float(rng.uniform(5.0, 9.0)),
         )
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A shifted cohort or recording setup, applied on top of a subject's own parameters:
+    what the monitor is meant to notice (docs/monitoring.md)."""
+
+    p300_latency_shift_s: float = 0.0  # later P300
+    p300_amp_scale: float = 1.0        # smaller P300
+    line_noise_scale: float = 1.0      # more line noise
+    electrode_gain: float = 1.0        # another amplifier / electrode impedance: every channel scaled
+
+    def apply(self, p: SubjectParams) -> SubjectParams:
+        from dataclasses import replace
+
+        return replace(p, p300_latency_s=p.p300_latency_s + self.p300_latency_shift_s,
+                       p300_amp_uv=p.p300_amp_uv * self.p300_amp_scale)
+
+
+# the demo's drifted cohort: 120 ms later, 40% of the amplitude, 4x line noise, 2x gain
+DRIFTED = Drift(p300_latency_shift_s=0.12, p300_amp_scale=0.4, line_noise_scale=4.0, electrode_gain=2.0)
 
 
 def _positions(n_channels: int, rng: np.random.Generator) -> np.ndarray:
@@ -124,12 +145,15 @@ def synth_subject(
     sfreq: float = 512.0,
     seed: int = 0,
     params: SubjectParams | None = None,
+    drift: Drift | None = None,
 ) -> pd.DataFrame:
     """One subject's recording as a DataFrame: eeg_ch1..N (float32, uV) and stim (int32)."""
     if n_channels < 1 or minutes <= 0 or sfreq < 100:
         raise ValueError("need n_channels >= 1, minutes > 0, sfreq >= 100 Hz")
     rng = np.random.default_rng([seed, subject_id])
     p = params or SubjectParams.draw(rng)
+    drift = drift or Drift()
+    p = drift.apply(p)
     n = int(round(minutes * 60 * sfreq))
     pos = _positions(n_channels, rng)
     time = np.arange(n) / sfreq
@@ -147,7 +171,7 @@ def synth_subject(
     data += np.outer(_gauss_topo(pos, 0.0, -0.85, 0.55) * p.alpha_amp_uv, envelope * np.sin(phase))
 
     # line noise (50 Hz, per-channel amplitude and phase) and slow drift
-    line_amp = rng.uniform(2.0, 15.0, n_channels)
+    line_amp = rng.uniform(2.0, 15.0, n_channels) * drift.line_noise_scale
     line_phase = rng.uniform(0, 2 * np.pi, n_channels)
     data += line_amp[:, None] * np.sin(2 * np.pi * 50.0 * time[None, :] + line_phase[:, None])
     for ch in range(n_channels):
@@ -174,6 +198,8 @@ def synth_subject(
             _add_evoked(data, onset, sfreq, p300_topo, p.p300_amp_uv * rng.lognormal(0, 0.35),
                         p.p300_latency_s + rng.normal(0, 0.04), p.p300_width_s)
 
+    if drift.electrode_gain != 1.0:
+        data *= drift.electrode_gain
     stim = np.zeros(n, dtype=np.int32)
     stim[onsets] = labels
     frame = pd.DataFrame({f"eeg_ch{i + 1}": data[i].astype(np.float32) for i in range(n_channels)})
@@ -207,11 +233,12 @@ def synth_landing_zone(
     seed: int = 0,
     first_subject: int = 1,
     progress=None,
+    drift: Drift | None = None,
 ) -> list[Path]:
     """Write subjects first_subject..first_subject+subjects-1 into the landing zone."""
     written = []
     for sid in range(first_subject, first_subject + subjects):
-        frame = synth_subject(sid, minutes=minutes, n_channels=n_channels, sfreq=sfreq, seed=seed)
+        frame = synth_subject(sid, minutes=minutes, n_channels=n_channels, sfreq=sfreq, seed=seed, drift=drift)
         written.append(write_subject_file(frame, Path(landing_dir) / subject_file_name(sid), sfreq))
         if progress:
             progress(sid, written[-1])
@@ -222,10 +249,13 @@ def main(cfg, args, rep) -> int:
     """`p300 synth`: subjects into <root>/landing-zone (local or /dbfs-mounted roots)."""
     sfreq = args.sfreq or cfg.signal.sfreq
     landing = cfg.local_root / cfg.storage.landing
-    rep.info(f"writing {args.subjects} subjects ({args.minutes:g} min, {args.channels} ch, {sfreq:g} Hz) to {landing}")
+    drift = DRIFTED if getattr(args, "drifted", False) else None
+    rep.info(f"writing {args.subjects} {'drifted ' if drift else ''}subjects ({args.minutes:g} min, {args.channels} ch, "
+             f"{sfreq:g} Hz) to {landing}")
     paths = synth_landing_zone(
         landing, args.subjects, minutes=args.minutes, n_channels=args.channels, sfreq=sfreq, seed=args.seed,
         first_subject=args.first, progress=lambda sid, path: rep.info(f"  subject {sid:02d} -> {path.name}"),
+        drift=drift,
     )
     rep.result(f"synth: wrote {len(paths)} subject files to {landing}")
     return 0
