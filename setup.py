@@ -47,6 +47,7 @@ setup(
             "p300-deploy=pipeline.jobs:deploy_task",
             "p300-evaluate=pipeline.jobs:evaluate_task",
             "p300-promote=pipeline.jobs:promote_task",
+            "p300-monitor=pipeline.jobs:monitor_task",
             # any p300 command under spark-submit with Delta (pipeline/submit.py)
             "p300-submit=pipeline.submit:main",
         ],

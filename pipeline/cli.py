@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("job", help="run one job's tasks in order, as the Databricks bundle does")
     p.add_argument("name", choices=["ingest_and_preprocess", "train_and_deploy_challenger", "evaluate_model",
-                                    "promote_to_champion"])
+                                    "promote_to_champion", "monitor_and_retrain"])
     p.add_argument("--target", choices=["champion", "challenger", "both"], default="challenger",
                    help="evaluate_model's parameter")
 

@@ -42,6 +42,7 @@ __all__ = [
     "deploy_task",
     "evaluate_task",
     "promote_task",
+    "monitor_task",
 ]
 
 
@@ -52,6 +53,7 @@ class Task:
     key: str
     command: str
     params: tuple[str, ...] = ()  # "{name}" stands for the job parameter `name`
+    when_flag: str | None = None  # run (with the tasks after it) only when the monitor set this flag
 
     @property
     def entry_point(self) -> str:
@@ -68,6 +70,9 @@ JOBS: dict[str, tuple[Task, ...]] = {
     "train_and_deploy_challenger": (Task("train", "train"), Task("deploy", "deploy")),
     "evaluate_model": (Task("evaluate", "evaluate", ("--target", "{target}")),),
     "promote_to_champion": (Task("promote", "promote"),),
+    # the bundle puts a condition task on the monitor's task value `retrain` before train
+    "monitor_and_retrain": (Task("monitor", "monitor"), Task("train", "train", when_flag="retrain"),
+                            Task("deploy", "deploy"), Task("evaluate", "evaluate", ("--target", "challenger"))),
 }
 
 # job parameters and their defaults (the bundle declares the same as job `parameters`)
@@ -76,9 +81,10 @@ JOB_PARAMETERS: dict[str, dict[str, str]] = {
     "train_and_deploy_challenger": {},
     "evaluate_model": {"target": "challenger"},
     "promote_to_champion": {},
+    "monitor_and_retrain": {},
 }
 
-TASK_COMMANDS: tuple[str, ...] = ("ingest", "preprocess", "train", "deploy", "evaluate", "promote")
+TASK_COMMANDS: tuple[str, ...] = ("ingest", "preprocess", "train", "deploy", "evaluate", "promote", "monitor")
 
 # console script name -> "module:function", as setup.py declares them
 ENTRY_POINTS: dict[str, str] = {f"p300-{c}": f"pipeline.jobs:{c}_task" for c in TASK_COMMANDS}
@@ -114,6 +120,15 @@ def main(cfg: Config, args: Any, rep: Reporter) -> int:
     start = time.perf_counter()
     timings: list[tuple[str, float]] = []
     for i, task in enumerate(tasks):
+        if task.when_flag is not None:
+            from pipeline.retrain_flag import retrain_requested
+
+            flagged, why = retrain_requested(cfg)
+            if not flagged:
+                rep.result(f"job {name}: flag {task.when_flag!r} not set ({why}); not run: "
+                           + ", ".join(t.key for t in tasks[i:]))
+                break
+            rep.info(f"job {name}: flag {task.when_flag!r} set ({why})")
         task_args = task_arguments(task, args, values)
         t0 = time.perf_counter()
         rep.info(f"job {name}: task {task.key} (p300 {' '.join([task.command, *task.argv(values)])})")
@@ -133,7 +148,7 @@ def main(cfg: Config, args: Any, rep: Reporter) -> int:
                      + (f"; not run: {', '.join(skipped)}" if skipped else ""))
             return code
         rep.info(f"job {name}: task {task.key} done in {timings[-1][1]:.1f}s")
-    rep.result(f"job {name}: {len(tasks)} task(s) done in {time.perf_counter() - start:.1f}s ("
+    rep.result(f"job {name}: {len(timings)} task(s) done in {time.perf_counter() - start:.1f}s ("
                + ", ".join(f"{k} {s:.1f}s" for k, s in timings) + ")")
     return 0
 
@@ -224,3 +239,8 @@ def evaluate_task() -> int:
 def promote_task() -> int:
     """Entry point `p300-promote`: challenger becomes champion."""
     return _finish(run_task("promote"))
+
+
+def monitor_task() -> int:
+    """Entry point `p300-monitor`: profile and drift of the inference log; the retraining flag."""
+    return _finish(run_task("monitor"))

@@ -103,6 +103,8 @@ def test_every_task_names_the_wheel_and_one_of_its_entry_points(wheel):
     for key, (path, job) in bundle_jobs.items():
         for task in job["tasks"]:
             where = f"{path.name}: task {task['task_key']}"
+            if "condition_task" in task:
+                continue
             wt = task["python_wheel_task"]
             assert wt["package_name"] == wheel["name"], where
             assert wt["entry_point"] in wheel["console_scripts"], f"{where}: {wt['entry_point']} not in the wheel"
@@ -127,11 +129,20 @@ def test_bundle_jobs_are_the_jobs_of_p300_job():
         refs = {name: f"{{{{job.parameters.{name}}}}}" for name in declared}
         clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job["job_clusters"]}
         previous = None
-        assert [t["task_key"] for t in job["tasks"]] == [t.key for t in jobs.JOBS[key]]
-        for task, expected in zip(job["tasks"], jobs.JOBS[key]):
+        conditions = {t["task_key"]: t["condition_task"] for t in job["tasks"] if "condition_task" in t}
+        wheel_tasks = [t for t in job["tasks"] if "condition_task" not in t]
+        assert [t["task_key"] for t in wheel_tasks] == [t.key for t in jobs.JOBS[key]]
+        for task, expected in zip(wheel_tasks, jobs.JOBS[key]):
             assert task["python_wheel_task"]["entry_point"] == expected.entry_point
             assert task["python_wheel_task"]["parameters"] == ["--conf", "databricks.yaml", *expected.argv(refs)]
             deps = [d["task_key"] for d in task.get("depends_on", [])]
+            if expected.when_flag:  # a condition task on the previous task's value gates it
+                (gate,) = deps
+                assert conditions[gate] == {"op": "EQUAL_TO", "left": f"{{{{tasks.{previous}.values.{expected.when_flag}}}}}",
+                                            "right": "true"}
+                assert task["depends_on"] == [{"task_key": gate, "outcome": "true"}]
+                assert [d["task_key"] for t in job["tasks"] if t["task_key"] == gate for d in t["depends_on"]] == [previous]
+                deps = [previous]
             assert deps == ([previous] if previous else []), f"{key}: tasks must run in order"
             assert clusters[task["job_cluster_key"]] == "${var.job_cluster}"
             assert task["libraries"] == [{"whl": "../dist/*.whl"}]
@@ -163,7 +174,7 @@ def test_task_parameters_parse_with_the_command_line(job):
     _, bundle_jobs = _bundle()
     _, spec = bundle_jobs[job]
     choices = {"target": ["champion", "challenger", "both"]}
-    for task, expected in zip(spec["tasks"], jobs.JOBS[job]):
+    for task, expected in zip([t for t in spec["tasks"] if "python_wheel_task" in t], jobs.JOBS[job]):
         params = task["python_wheel_task"]["parameters"]
         for value in choices["target"] if "{{job.parameters.target}}" in params else [None]:
             argv = [p.replace("{{job.parameters.target}}", value or "") for p in params]

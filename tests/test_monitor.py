@@ -73,3 +73,13 @@ def test_monitor_waits_for_open_windows_and_redoes_late_ones(spark, mcfg):
     counts = (read_table(spark, mcfg, "monitor_profile").where(F.col("column_name") == ":table")
               .select("count").collect())
     assert [r[0] for r in counts] == [5 + 3]
+
+
+def test_monitor_and_retrain_does_nothing_without_the_flag(spark, root, capsys):
+    from pipeline.cli import run
+
+    code = run(["--root", str(root), "--set", "spark.master=local[2]", "job", "monitor_and_retrain"], environ={})
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "no inference log" in out
+    assert "flag 'retrain' not set" in out and "not run: train, deploy, evaluate" in out
