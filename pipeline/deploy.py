@@ -58,7 +58,12 @@ def deploy(cfg: Config, rep: Reporter) -> DeployOutcome:
     if challenger is None:
         rep.info(f"no {CHALLENGER} alias: serving the {CHAMPION} (version {champion.version}) alone")
     ws = workspace_client(cfg, start=True, rep=rep)
-    return apply_served_versions(ws, cfg, versions, rep)
+    outcome = apply_served_versions(ws, cfg, versions, rep)
+    if cfg.serving.backend == "databricks":  # the endpoint logs to its inference table (docs/monitoring.md)
+        from pipeline.inference_capture import enable_capture
+
+        enable_capture(ws, cfg, rep)
+    return outcome
 
 
 def main(cfg: Config, args: argparse.Namespace, rep: Reporter) -> int:
