@@ -196,6 +196,13 @@ class Monitoring(_Strict):
     rule: RetrainRule = Field(default_factory=RetrainRule)
 
 
+class Faults(_Strict):
+    # Crash tests (pipeline/faults.py): the named kill point at which a job SIGKILLs itself; null: none.
+    kill_at: str | None = None
+    # How long ingest/preprocess wait for another run of the same job on this root (pipeline/locks.py).
+    lock_wait_s: float = Field(3600.0, ge=0)
+
+
 class Config(_Strict):
     storage: Storage = Field(default_factory=Storage)
     signal: Signal = Field(default_factory=Signal)
@@ -206,6 +213,7 @@ class Config(_Strict):
     evaluation: Evaluation = Field(default_factory=Evaluation)
     spark: SparkConf = Field(default_factory=SparkConf)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    faults: Faults = Field(default_factory=Faults)
 
     # ---- derived locations (no I/O) -------------------------------------------------
     @property

@@ -6,6 +6,7 @@ same calls work locally, on DBFS and with Unity Catalog.
 """
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
@@ -15,6 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from pipeline.config import Config
+from pipeline.table_recovery import clear_uncommitted
 
 __all__ = [
     "is_catalog_name", "delta_table", "table_exists", "table_version", "read_table", "create_table", "save",
@@ -74,10 +76,17 @@ def read_table(spark: SparkSession, cfg: Config, name: str, version: int | None 
 
 def create_table(spark: SparkSession, cfg: Config, name: str, schema: T.StructType,
                  partition_by: Sequence[str] = (), properties: Mapping[str, str] | None = None) -> bool:
-    """Create a Delta table (path or catalog name) if it does not exist; True when created."""
+    """Create a Delta table (path or catalog name) if it does not exist; True when created.
+
+    A path table's folder left without a commit by a killed run is cleared first
+    (pipeline/table_recovery.py); a folder holding a commit is never touched."""
     if table_exists(spark, cfg, name):
         return False
     location = cfg.table(name)
+    if not is_catalog_name(location):
+        cleared = clear_uncommitted(spark, location)
+        if cleared:
+            logging.getLogger(__name__).warning(cleared)
     builder = DeltaTable.createIfNotExists(spark)
     builder = builder.tableName(location) if is_catalog_name(location) else builder.location(location)
     builder = builder.addColumns(schema)
