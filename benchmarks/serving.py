@@ -86,22 +86,31 @@ class Client:
         self.conn.close()
 
 
-def sequential(url: str, headers: dict[str, str], body: bytes, n: int, epochs: int) -> dict[str, float]:
+def sequential_times(url: str, headers: dict[str, str], body: bytes, n: int) -> list[float]:
+    """Seconds of each of n sequential requests on one connection, after 3 warm-ups."""
     client = Client(url, headers)
     try:
         for _ in range(3):  # warm-up
             status, data = client.post(body)
             if status != 200:
-                return {"error": f"HTTP {status}: {data[:300].decode(errors='replace')}"}
+                raise RuntimeError(f"HTTP {status}: {data[:300].decode(errors='replace')}")
         times = []
         for _ in range(n):
             t0 = time.perf_counter()
             status, data = client.post(body)
             times.append(time.perf_counter() - t0)
             if status != 200:
-                return {"error": f"HTTP {status}: {data[:300].decode(errors='replace')}"}
+                raise RuntimeError(f"HTTP {status}: {data[:300].decode(errors='replace')}")
     finally:
         client.close()
+    return times
+
+
+def sequential(url: str, headers: dict[str, str], body: bytes, n: int, epochs: int) -> dict[str, float]:
+    try:
+        times = sequential_times(url, headers, body, n)
+    except RuntimeError as exc:
+        return {"error": str(exc)}
     ms = np.asarray(times) * 1000
     return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
             "eps": epochs * len(times) / float(np.sum(times))}
@@ -187,9 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients for the throughput run")
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each throughput run")
     parser.add_argument("--channels", type=int, default=16, help="EEG channels (features = channels x 71)")
+    parser.add_argument("--inference-log", action="store_true",
+                        help="instead: the local endpoint with the inference log on vs off (benchmarks/inference_log_ab.py)")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.requests, args.seconds, args.channels = 20, 10, 1.0, 4
+    if args.inference_log:
+        from inference_log_ab import run
+
+        return run(args, register, synthetic, sequential_times, concurrent)
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="p300-serving-bench-") as tmp:
         cfg = load_config(root=str(Path(tmp) / "lakehouse"), env={},

@@ -48,7 +48,8 @@ except ImportError:  # pragma: no cover
 
     _loads = json.loads
 
-__all__ = ["APP_ID", "InferenceLog", "LoggedRequest", "read_segment", "new_request_id", "WAL_DIR"]
+__all__ = ["APP_ID", "InferenceLog", "LoggedRequest", "read_segment", "new_request_id", "WAL_DIR", "open_inference_log",
+           "client_request_id"]
 
 APP_ID = "p300-serving-inference-log"  # the Delta transaction (txn) app id of the flusher's commits
 WAL_DIR = "inference_wal"
@@ -103,8 +104,11 @@ def _to_arrow(records: list[LoggedRequest]) -> Any:
 
     ts = [int(r.meta["timestamp_ms"]) for r in records]
 
-    def text(b: bytes) -> str:
-        return b.decode("utf-8", "replace")
+    def text(bodies: list[bytes]) -> Any:  # bytes -> UTF-8 check in Arrow; decoded in Python only if invalid
+        try:
+            return pa.array(bodies, pa.large_binary()).cast(pa.large_string())
+        except pa.ArrowInvalid:
+            return pa.array([b.decode("utf-8", "replace") for b in bodies], pa.large_string())
 
     meta_keys = ("endpoint_name", "model_name", "model_version", "served_entity_name")
     columns = {
@@ -115,8 +119,8 @@ def _to_arrow(records: list[LoggedRequest]) -> Any:
         "status_code": [int(r.meta["status_code"]) for r in records],
         "sampling_fraction": [1.0] * len(records),
         "execution_time_ms": [int(r.meta["execution_time_ms"]) for r in records],
-        "request": [text(r.request) for r in records],
-        "response": [text(r.response) for r in records],
+        "request": text([r.request for r in records]),
+        "response": text([r.response for r in records]),
         "served_entity_id": [r.meta.get("served_entity_name") for r in records],
         "request_metadata": [[(k, str(r.meta[k])) for k in meta_keys if r.meta.get(k) is not None] for r in records],
     }
@@ -144,6 +148,7 @@ class InferenceLog:
         self._fd = -1
         self._number = 0
         self._size = 0
+        self._done = 0
         self.committed_rows = 0
 
     # ---- request path -------------------------------------------------------------------
@@ -181,7 +186,8 @@ class InferenceLog:
         commits what a previous process left."""
         self.wal_dir.mkdir(parents=True, exist_ok=True)
         existing = [n for n in (_segment_number(p) for p in self.wal_dir.iterdir()) if n is not None]
-        self._number = max([self._committed_version() or 0, *existing]) + 1
+        self._done = self._committed_version() or 0  # the only writer from here on: kept in memory
+        self._number = max([self._done, *existing]) + 1
         self._open(self._number)
         self._thread = threading.Thread(target=self._run, name="inference-log-flusher", daemon=True)
         self._thread.start()
@@ -251,7 +257,7 @@ class InferenceLog:
                         if (n := _segment_number(p)) is not None and n < current)
         if not closed:
             return 0
-        done = self._committed_version() or 0
+        done = self._done
         rows = 0
         for number, path in closed:
             if number > done:
@@ -265,6 +271,28 @@ class InferenceLog:
                                     commit_properties=CommitProperties(
                                         app_transactions=[Transaction(APP_ID, number, int(time.time() * 1000))]))
                     rows += len(records)
+                self._done = number
             path.unlink()
         self.committed_rows += rows
         return rows
+
+
+def open_inference_log(cfg: Any, log: Callable[[str], None] | None = None) -> InferenceLog | None:
+    """The server's log per ``monitoring``; None when it is off or the table is not a local path
+    (on Databricks the endpoint's own inference table does this job)."""
+    location = cfg.table("inference_log")
+    if not cfg.monitoring.inference_log or not cfg.is_local_root or not location.startswith("/"):
+        return None
+    m = cfg.monitoring
+    return InferenceLog(cfg.serving_dir / WAL_DIR, location, m.flush_interval_s, m.segment_mb, m.fsync, log).start()
+
+
+def client_request_id(payload: Any) -> str | None:
+    """A request's client_request_id: top level (Databricks' field) or in ``params``."""
+    if not isinstance(payload, dict):
+        return None
+    value = payload.get("client_request_id")
+    params = payload.get("params")
+    if value is None and isinstance(params, dict):
+        value = params.get("client_request_id")
+    return None if value is None else str(value)[:256]

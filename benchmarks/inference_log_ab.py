@@ -1,0 +1,76 @@
+"""Serving with the inference log on vs off: the same model on two local endpoint servers,
+measured in one run, alternating rounds so that the shared machine's load falls on both.
+
+Run through ``benchmarks/serving.py --inference-log`` (same sizes and clients as the serving
+benchmark). Prints p50/p99 of sequential requests, epochs per second with concurrent
+clients, the on/off ratios against the issue's 10% target, and the rows the log committed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import load_config
+from pipeline.report import format_table
+from pipeline.serving import apply_served_versions, invocation_url, start_local_server, stop_local_server, \
+    workspace_client
+
+
+def run(args: argparse.Namespace, register, synthetic, sequential_times, concurrent) -> int:
+    load0 = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="p300-ilog-bench-") as tmp:
+        cfgs = {mode: load_config(root=str(Path(tmp) / mode), env={}, overrides={
+            "serving.endpoint_name": "bench", "serving.max_body_mb": "256",
+            "monitoring.inference_log": str(mode == "on").lower()}) for mode in ("off", "on")}
+        n_features = args.channels * cfgs["on"].preprocess.n_times
+        X, _ = synthetic(args.epochs, n_features, seed=1)
+        body = json.dumps({"inputs": X.tolist()}).encode()
+        print(f"inference log A/B: {args.epochs} epochs x {n_features} features per request "
+              f"({len(body) / 1e6:.2f} MB); {os.cpu_count()} cores, load average {load0[0]:.2f}", file=sys.stderr)
+        urls = {}
+        try:
+            for mode, cfg in cfgs.items():
+                version = register(cfg, n_features)
+                start_local_server(cfg)
+                ws = workspace_client(cfg)
+                apply_served_versions(ws, cfg, {"champion": version})
+                urls[mode] = (invocation_url(ws, cfg), dict(ws.config.authenticate()))
+            times = {m: [] for m in cfgs}
+            done = {m: [0, 0.0] for m in cfgs}  # requests, seconds of the concurrent runs
+            rounds = 2 if args.quick else 4
+            for r in range(rounds):  # off, on, off, on ...: drifting machine load hits both
+                for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                    url, hdrs = urls[mode]
+                    times[mode] += sequential_times(url, hdrs, body, max(1, args.requests // rounds))
+                    t = concurrent(url, hdrs, body, args.clients, args.seconds / 2, args.epochs)
+                    done[mode][0] += t["requests"]
+                    done[mode][1] += args.seconds / 2
+                print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+        finally:
+            for cfg in cfgs.values():
+                stop_local_server(cfg)  # a clean stop commits the log's last segment
+        from deltalake import DeltaTable
+
+        logged = DeltaTable(cfgs["on"].table("inference_log")).to_pyarrow_dataset().count_rows()
+    stats = {}
+    for mode in cfgs:
+        ms = np.asarray(times[mode]) * 1000
+        stats[mode] = {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+                       "eps": done[mode][0] * args.epochs / done[mode][1]}
+    print(format_table([(m, f"{s['p50']:.1f}", f"{s['p99']:.1f}", f"{s['eps']:.0f}") for m, s in stats.items()],
+                       ["inference log", "p50 ms", "p99 ms", f"epochs/s ({args.clients} clients)"]))
+    p50 = stats["on"]["p50"] / stats["off"]["p50"]
+    eps = stats["on"]["eps"] / stats["off"]["eps"]
+    print(f"\non / off: p50 {p50:.3f}x, throughput {eps:.3f}x; target within 10%: "
+          f"p50 {'met' if p50 <= 1.10 else 'MISSED'}, throughput {'met' if eps >= 0.90 else 'MISSED'}")
+    print(f"inference_log rows committed by the 'on' server: {logged}")
+    load1 = os.getloadavg()
+    print(f"machine: {os.cpu_count()} cores; load average {load0[0]:.2f} before, {load1[0]:.2f} after")
+    return 0
