@@ -296,3 +296,13 @@ def client_request_id(payload: Any) -> str | None:
     if value is None and isinstance(params, dict):
         value = params.get("client_request_id")
     return None if value is None else str(value)[:256]
+
+
+def record_invocation(log: InferenceLog, rec: Any) -> None:
+    """Adapter for a serving hook that hands over one record object per invocation (fields:
+    databricks_request_id, client_request_id, timestamp_ms, execution_time_ms, status_code,
+    endpoint, served_entity, model_name, model_version, request, response)."""
+    log.record(rec.request, rec.response, status_code=int(rec.status_code), timestamp_ms=int(rec.timestamp_ms),
+               execution_time_ms=int(rec.execution_time_ms), endpoint_name=rec.endpoint,
+               served_entity_name=rec.served_entity, model_name=rec.model_name, model_version=rec.model_version,
+               client_request_id=rec.client_request_id, databricks_request_id=rec.databricks_request_id)
