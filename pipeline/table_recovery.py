@@ -23,8 +23,12 @@ means a table Delta cannot read: nothing is touched, and the error names the fol
 """
 from __future__ import annotations
 
+import os
+import shutil
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
 
@@ -38,13 +42,59 @@ class DamagedTable(RuntimeError):
     """A table folder whose log holds files Delta cannot read as a table: left as it is."""
 
 
-def _committed_entries(fs: Any, log: Any) -> list[str]:
+class _HadoopFs:
+    """Hadoop's FileSystem through the session's JVM (local, dbfs:/, abfss:/, s3a:/ alike)."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.jvm, self.spark = spark._jvm, spark
+
+    def _path(self, path: str) -> Any:
+        return self.jvm.org.apache.hadoop.fs.Path(path)
+
+    def _fs(self, path: str) -> Any:
+        return self._path(path).getFileSystem(self.spark._jsc.hadoopConfiguration())
+
+    def exists(self, path: str) -> bool:
+        return bool(self._fs(path).exists(self._path(path)))
+
+    def entries(self, path: str) -> list[tuple[str, bool]]:
+        return [(str(s.getPath().getName()), bool(s.isDirectory())) for s in self._fs(path).listStatus(self._path(path))]
+
+    def rename(self, src: str, dst: str) -> bool:
+        return bool(self._fs(src).rename(self._path(src), self._path(dst)))
+
+    def delete_tree(self, path: str) -> bool:
+        return bool(self._fs(path).delete(self._path(path), True))
+
+
+class _LocalFs:
+    """The driver's own files (Spark Connect has no JVM here; local paths and ``file:`` URIs only)."""
+
+    @staticmethod
+    def _p(path: str) -> Path:
+        return Path(urlparse(path).path if path.startswith("file:") else path)
+
+    def exists(self, path: str) -> bool:
+        return self._p(path).exists()
+
+    def entries(self, path: str) -> list[tuple[str, bool]]:
+        return [(e.name, e.is_dir()) for e in self._p(path).iterdir()]
+
+    def rename(self, src: str, dst: str) -> bool:
+        os.rename(self._p(src), self._p(dst))
+        return True
+
+    def delete_tree(self, path: str) -> bool:
+        shutil.rmtree(self._p(path))
+        return True
+
+
+def _committed_entries(fs: Any, log: str) -> list[str]:
     """Entries of a ``_delta_log`` that may be (part of) a commit; [] means uncommitted."""
     found = []
-    for status in fs.listStatus(log):
-        name = str(status.getPath().getName())
-        if status.isDirectory():
-            if name in _EMPTY_OK_DIRS and len(fs.listStatus(status.getPath())) == 0:
+    for name, is_dir in fs.entries(log):
+        if is_dir:
+            if name in _EMPTY_OK_DIRS and not fs.entries(f"{log}/{name}"):
                 continue
             found.append(name + "/")
         elif not name.startswith("."):  # hidden: the log store's temporary files, never a commit
@@ -57,16 +107,19 @@ def clear_uncommitted(spark: SparkSession, location: str) -> str | None:
 
     Returns what was done (for the caller to report), or None when the folder is absent or
     empty. Raises DamagedTable, touching nothing, when the log may hold a commit."""
-    jvm = spark._jvm
-    path = jvm.org.apache.hadoop.fs.Path(location)
-    fs = path.getFileSystem(spark._jsc.hadoopConfiguration())
-    if not fs.exists(path):
+    classic = getattr(spark, "_jvm", None) is not None
+    if not classic and urlparse(location).scheme not in ("", "file"):
+        return None  # Spark Connect and a remote scheme: no file system to look at from here
+    fs: Any = _HadoopFs(spark) if classic else _LocalFs()
+    location = location.rstrip("/")
+    if not fs.exists(location):
         return None
-    delta_log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, location)
-    if delta_log.tableExists():
-        return None  # a commit appeared (another process created it): nothing to clear
-    log = jvm.org.apache.hadoop.fs.Path(path, LOG_DIR)
-    has_log = bool(fs.exists(log))
+    if classic:  # Delta's own answer first: a commit may have appeared since the caller asked
+        delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, location)
+        if delta_log.tableExists():
+            return None
+    log = f"{location}/{LOG_DIR}"
+    has_log = fs.exists(log)
     if has_log:
         committed = _committed_entries(fs, log)
         if committed:
@@ -74,18 +127,19 @@ def clear_uncommitted(spark: SparkSession, location: str) -> str | None:
                 f"{location} is not a Delta table this Delta can read, but {LOG_DIR}/ holds "
                 f"{', '.join(committed[:5])}{' ...' if len(committed) > 5 else ''}: left as it is. Check it with "
                 f"Delta (DESCRIBE HISTORY delta.`{location}`); if it is not needed, move the folder aside and rerun")
-    others = [str(s.getPath().getName()) for s in fs.listStatus(path) if str(s.getPath().getName()) != LOG_DIR]
+    others = [name for name, _ in fs.entries(location) if name != LOG_DIR]
     done = None
     if others:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        aside = jvm.org.apache.hadoop.fs.Path(f"{location.rstrip('/')}.uncommitted-{stamp}")
-        if not fs.rename(path, aside):
-            raise OSError(f"could not move the uncommitted table folder {location} aside to {aside.toString()}")
+        aside = f"{location}.uncommitted-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}"
+        if not fs.rename(location, aside):
+            raise OSError(f"could not move the uncommitted table folder {location} aside to {aside}")
         done = (f"{location} held {len(others)} data file(s) but no commit (a run killed while creating it): "
-                f"moved aside to {aside.toString()}")
+                f"moved aside to {aside}")
     elif has_log:
-        if not fs.delete(log, True):
+        if not fs.delete_tree(log):
             raise OSError(f"could not delete the uncommitted {LOG_DIR} of {location}")
         done = f"{location} had a {LOG_DIR} without any commit (a run killed while creating it): cleared"
-    jvm.org.apache.spark.sql.delta.DeltaLog.invalidateCache(spark._jsparkSession, path)
+    if classic:
+        spark._jvm.org.apache.spark.sql.delta.DeltaLog.invalidateCache(
+            spark._jsparkSession, spark._jvm.org.apache.hadoop.fs.Path(location))
     return done
