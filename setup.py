@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "mlflow>=2.16", "databricks-sdk>=0.40", "pydantic>=2.5", "pyyaml>=6", "matplotlib>=3.7",
     "httpx>=0.25", "fastapi>=0.110", "uvicorn>=0.27", "orjson>=3.9",
     "deltalake>=1.0",  # the serving endpoint's inference log (pipeline/inference_log.py)
+    "psutil>=5.9", "tenacity>=8.3", "urllib3>=2",  # serving: process checks; invoke: retries, Retry-After
 ]
 SPARK_REQUIRES = ["pyspark>=4.0.1,<=4.2.0", "delta-spark>=4.0.1,<=4.4.0"]
 
@@ -31,7 +32,7 @@ setup(
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["pipeline", "udfs", "pipeline.conf"],
+    packages=["pipeline", "pipeline.serving", "udfs", "pipeline.conf"],
     package_dir={"pipeline.conf": "conf"},
     package_data={"pipeline.conf": ["*.yaml", "*.properties"]},
     include_package_data=True,

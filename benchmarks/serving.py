@@ -31,7 +31,8 @@ import numpy as np
 
 from pipeline import registry as reg
 from pipeline.config import Config, load_config
-from pipeline.model import PACKAGE_DIR, P300Model, build_estimator, model_signature
+from pipeline.model import P300Model, build_estimator, model_signature
+from pipeline.model_code import model_code_paths
 from pipeline.report import format_table
 from pipeline.serving import apply_served_versions, invocation_url, start_local_server, stop_local_server, \
     workspace_client
@@ -55,7 +56,7 @@ def register(cfg: Config, n_features: int) -> str:
     X, y = synthetic(600, n_features, seed=0)
     with mlflow.start_run(experiment_id=exp):
         info = mlflow.pyfunc.log_model(name="model", python_model=P300Model(build_estimator().fit(X, y), n_features),
-                                       code_paths=[PACKAGE_DIR], signature=model_signature(n_features),
+                                       code_paths=model_code_paths(), signature=model_signature(n_features),
                                        input_example=X[:2], registered_model_name=cfg.registry.model_name,
                                        pip_requirements=[f"{p}=={version(p)}" for p in
                                                          ("mlflow", "scikit-learn", "numpy", "pandas")])

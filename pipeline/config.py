@@ -134,6 +134,13 @@ class Serving(_Strict):
     scale_to_zero: bool = True
     max_body_mb: float = Field(64, gt=0)
     ready_timeout_s: float = Field(600, gt=0)
+    # serving (cold starts): how long deploy waits for a new endpoint's first build (the SDK
+    # waiter's own default, 20 minutes); the local server's simulated scale-to-zero: after
+    # this many idle seconds a served entity answers 503 + Retry-After for
+    # simulate_cold_start_s seconds (null: never)
+    first_build_timeout_s: float = Field(1200, gt=0)
+    simulate_cold_start_after_idle_s: float | None = Field(None, ge=0)
+    simulate_cold_start_s: float = Field(30, ge=0)
 
 
 class Evaluation(_Strict):
@@ -142,6 +149,9 @@ class Evaluation(_Strict):
     concurrency: int = Field(4, ge=1)
     retries: int = Field(5, ge=0)
     request_timeout_s: float = Field(30.0, gt=0)
+    # serving (cold starts): for this long, 429/503/504 answers that carry Retry-After are
+    # waited out (as the endpoint asks) instead of counting as failed attempts
+    cold_start_window_s: float = Field(600, ge=0)
 
 
 class SparkConf(_Strict):

@@ -6,8 +6,11 @@ names, through databricks-sdk: on a Databricks workspace (``serving.backend:
 databricks``) or on the local endpoint server, started in the background when none
 runs. No endpoint: it is created. An endpoint serving other versions: its config is
 updated. Already serving them: nothing happens, and the output says so. The command
-returns when the endpoint serves the new config; an update already in progress is
-waited on first.
+returns when the endpoint serves the new config (a new endpoint's first build is waited
+for up to ``serving.first_build_timeout_s``, 20 minutes by default, as the SDK's waiter
+does); an update already in progress is waited on first. "Already serving" is decided
+on a normalised config (``pipeline.serving.client.normalised_config``): entities by
+name, version and size, routes without the 0% ones.
 
 Traffic: champion 100 / challenger 0 when both are served (evaluation calls the
 challenger through its direct served-model URL), 100 to a single served entity.
@@ -18,15 +21,10 @@ import argparse
 
 from pipeline import registry as reg
 from pipeline.config import Config
+from pipeline.registry import CHALLENGER, CHAMPION
 from pipeline.report import Reporter
-from pipeline.serving import (
-    CHALLENGER,
-    CHAMPION,
-    DeployOutcome,
-    ServingError,
-    apply_served_versions,
-    workspace_client,
-)
+from pipeline.serving.client import DeployOutcome, apply_served_versions, workspace_client
+from pipeline.serving.process import ServingError
 
 __all__ = ["DeployRefused", "versions_to_serve", "deploy", "main"]
 

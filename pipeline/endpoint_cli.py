@@ -20,7 +20,7 @@ __all__ = ["main", "endpoint_rows"]
 
 def endpoint_rows(endpoints: list) -> list[tuple]:
     """(name, ready, config update, served entities, traffic) per endpoint, for a table."""
-    from pipeline.serving import served_versions, traffic_routes
+    from pipeline.serving.client import served_versions, traffic_routes
 
     rows = []
     for ep in endpoints:
@@ -37,39 +37,39 @@ HEADERS = ["endpoint", "ready", "config update", "served", "traffic"]
 
 
 def main(cfg: Config, args: argparse.Namespace, rep: Reporter) -> int:
-    from pipeline import serving
+    from pipeline.serving import client, process
 
     action = args.action
     if cfg.serving.backend != "local" and action in ("serve", "stop"):
         rep.warn(f"`p300 endpoint {action}` runs the local server; serving.backend is {cfg.serving.backend!r}")
         return 2
     if action == "serve":
-        from pipeline.serving_server import serve
+        from pipeline.serving.server import serve
 
-        running = serving.server_info(cfg)
+        running = process.server_info(cfg)
         if running is not None:
             rep.warn(f"a serving endpoint server already runs for this root: pid {running.pid} on {running.url} "
                      f"(stop it with `p300 endpoint stop`)")
             return 1
         return serve(cfg, host=args.host, port=args.port, log=rep.info)
     if action == "stop":
-        pid = serving.stop_local_server(cfg, rep)
+        pid = process.stop_local_server(cfg, rep)
         rep.result(f"stopped the serving endpoint server (pid {pid})" if pid else
                    "no serving endpoint server runs for this root")
         return 0
     # status
     if cfg.serving.backend == "databricks":
-        ws = serving.workspace_client(cfg)
-        ep = serving.get_endpoint(ws, cfg.serving.endpoint_name)
+        ws = client.workspace_client(cfg)
+        ep = client.get_endpoint(ws, cfg.serving.endpoint_name)
         rep.result(f"workspace {ws.config.host}")
         if ep is None:
             rep.result(f"endpoint {cfg.serving.endpoint_name} does not exist (run `p300 deploy`)")
         else:
             rep.table(endpoint_rows([ep]), HEADERS)
         return 0
-    info = serving.server_info(cfg)
+    info = process.server_info(cfg)
     if info is None:
-        recorded = serving.recorded_server(cfg)
+        recorded = process.recorded_server(cfg)
         if recorded is not None:
             rep.result(f"not answering: pid {recorded.pid} is alive but {recorded.url}/health does not answer "
                        f"(`p300 endpoint stop` stops it)")
@@ -77,7 +77,7 @@ def main(cfg: Config, args: argparse.Namespace, rep: Reporter) -> int:
         rep.result(f"not running (root {cfg.root})")
         return 0
     rep.result(f"running: pid {info.pid}, {info.url}, bound to {info.host}, auth {'on' if info.token else 'off'}")
-    ws = serving.workspace_client(cfg)
+    ws = client.workspace_client(cfg)
     endpoints = list(ws.serving_endpoints.list())
     if endpoints:
         rep.table(endpoint_rows([ws.serving_endpoints.get(e.name) for e in endpoints]), HEADERS)

@@ -184,6 +184,7 @@ def evaluate(cfg: Config, target: str, subjects: list[int] | None, batch_size: i
             res = invoke_batches(url, data.X, headers=headers, batch_size=batch_size,
                                  concurrency=cfg.evaluation.concurrency, retries=cfg.evaluation.retries,
                                  timeout_s=cfg.evaluation.request_timeout_s,
+                                 cold_start_window_s=cfg.evaluation.cold_start_window_s,
                                  progress=lambda d, n: rep.progress(d, n, f"{t} batches") if d == n or d % 20 == 0 else None)
         raw[t] = res
         if res.failed_batches:

@@ -7,7 +7,6 @@ probability and the predicted label (the configured event ids: Target 2, NonTarg
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,9 +16,9 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-__all__ = ["P300Model", "build_estimator", "model_signature", "as_matrix", "PACKAGE_DIR"]
+from pipeline.serving.scoring import as_matrix  # the one input validator, shared with the endpoint server
 
-PACKAGE_DIR = str(Path(__file__).resolve().parent)  # logged as code_paths so the class loads anywhere
+__all__ = ["P300Model", "build_estimator", "model_signature", "as_matrix"]
 
 
 def build_estimator(kind: str = "shrinkage_lda") -> Pipeline:
@@ -31,30 +30,6 @@ def build_estimator(kind: str = "shrinkage_lda") -> Pipeline:
     else:
         raise ValueError(f"training.model: unknown model {kind!r} (shrinkage_lda or lda)")
     return Pipeline([("scaler", StandardScaler()), ("lda", lda)])
-
-
-def as_matrix(data: Any, n_features: int) -> np.ndarray:
-    """Any accepted input (ndarray, list of lists, DataFrame of features or of one array column)
-    as a C-contiguous float32 (n, n_features) matrix; raises ValueError saying what is wrong."""
-    if isinstance(data, pd.DataFrame):
-        if data.shape[1] == 1 and data.dtypes.iloc[0] == object:
-            data = np.stack([np.asarray(v, dtype=np.float32) for v in data.iloc[:, 0]]) if len(data) else np.empty((0, 0))
-        else:
-            data = data.to_numpy()
-    try:
-        matrix = np.ascontiguousarray(np.asarray(data, dtype=np.float32))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"inputs must be numeric: {exc}") from None
-    if matrix.ndim == 1 and matrix.size == n_features:
-        matrix = matrix[None, :]
-    if matrix.ndim != 2 or matrix.shape[0] == 0:
-        raise ValueError(f"expected a non-empty batch of shape (n, {n_features}), got shape {matrix.shape}")
-    if matrix.shape[1] != n_features:
-        raise ValueError(f"expected {n_features} features per epoch, got {matrix.shape[1]}")
-    if not np.isfinite(matrix).all():
-        bad = int(np.flatnonzero(~np.isfinite(matrix).all(axis=1))[0])
-        raise ValueError(f"inputs contain NaN or infinite values (first in row {bad})")
-    return matrix
 
 
 class P300Model(PythonModel):
@@ -75,7 +50,8 @@ class P300Model(PythonModel):
         return proba.astype(np.float64), labels
 
     def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """DataFrame[probability, label] for any input ``as_matrix`` accepts. The hint is
+        """DataFrame[probability, label] for any input ``as_matrix`` accepts (else ValueError
+        saying what is wrong, as the endpoint server would answer it). The hint is
         np.ndarray (what the tensor signature delivers) because MLflow reads this hint: it
         skips schema inference for it, where Any or a Union would draw a warning."""
         proba, labels = self.predict_matrix(as_matrix(model_input, self.n_features))

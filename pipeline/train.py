@@ -35,7 +35,8 @@ from sklearn.model_selection import GroupKFold
 
 from pipeline import registry as reg
 from pipeline.config import Config
-from pipeline.model import PACKAGE_DIR, P300Model, build_estimator, model_signature
+from pipeline.model import P300Model, build_estimator, model_signature
+from pipeline.model_code import model_code_paths
 from pipeline.report import Reporter
 
 __all__ = [
@@ -497,7 +498,7 @@ def train(
                 Path(tmp, "config.json").write_text(json.dumps(flatten_config(cfg), indent=2, sort_keys=True))
                 mlflow.log_artifacts(tmp, "lineage")
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=model, code_paths=[PACKAGE_DIR], signature=model_signature(n_features),
+                name="model", python_model=model, code_paths=model_code_paths(), signature=model_signature(n_features),
                 input_example=data.X[:3], registered_model_name=cfg.registry.model_name,
                 pip_requirements=_pip_requirements())
     mv_version = str(info.registered_model_version)

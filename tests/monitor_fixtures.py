@@ -14,7 +14,8 @@ import pyarrow as pa
 from pipeline import registry as reg
 from pipeline.config import Config
 from pipeline.inference_log import InferenceLog
-from pipeline.model import PACKAGE_DIR, P300Model, build_estimator, model_signature
+from pipeline.model import P300Model, build_estimator, model_signature
+from pipeline.model_code import model_code_paths
 
 N_CHANNELS = 4
 
@@ -51,7 +52,7 @@ def register_with_lineage(spark, cfg: Config, alias: str = "champion") -> str:
                            reg.PARAM_FEATURES_TABLE: cfg.table("features"), reg.PARAM_N_FEATURES: f})
         mlflow.log_metric("cv_roc_auc", 0.95)
         info = mlflow.pyfunc.log_model(name="model", python_model=P300Model(build_estimator().fit(X, y), f),
-                                       code_paths=[PACKAGE_DIR], signature=model_signature(f),
+                                       code_paths=model_code_paths(), signature=model_signature(f),
                                        registered_model_name=cfg.registry.model_name)
     version = str(info.registered_model_version)
     client.set_registered_model_alias(cfg.registry.model_name, alias, version)

@@ -17,10 +17,12 @@ import numpy as np
 
 from pipeline import registry as reg
 from pipeline.config import Config
-from pipeline.model import PACKAGE_DIR, P300Model, build_estimator, model_signature
+from pipeline.model import P300Model, build_estimator, model_signature
+from pipeline.model_code import model_code_paths
 from pipeline.serving import ServerInfo, start_local_server, stop_local_server
 
 GATED_MODEL_FILE = str(Path(__file__).with_name("gated_model.py"))
+PARAMS_MODEL_FILE = str(Path(__file__).with_name("params_model.py"))
 
 
 def pip_requirements() -> list[str]:
@@ -48,7 +50,7 @@ def register_p300_version(cfg: Config, n_features: int = 12, seed: int = 0, alia
     est = build_estimator().fit(X, y)
     with mlflow.start_run(experiment_id=exp):
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=P300Model(est, n_features), code_paths=[PACKAGE_DIR],
+            name="model", python_model=P300Model(est, n_features), code_paths=model_code_paths(),
             signature=model_signature(n_features), input_example=X[:2], pip_requirements=pip_requirements(),
             registered_model_name=cfg.registry.model_name)
     version = str(info.registered_model_version)
@@ -69,6 +71,25 @@ def register_gated_version(cfg: Config, hold_file: Path, alias: str | None = Non
     if alias:
         client.set_registered_model_alias(cfg.registry.model_name, alias, version)
     return version
+
+
+def register_params_version(cfg: Config, n_features: int, fast: bool = True) -> str:
+    """A version whose signature declares params ``offset`` (double, 0.0) and ``subject_id``
+    (long, -1); it predicts 0.5 + offset and label subject_id (tests/params_model.py)."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float64), (-1, n_features))]),
+        outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label")]),
+        params=ParamSchema([ParamSpec("offset", "double", 0.0), ParamSpec("subject_id", "long", -1)]))
+    client = reg.mlflow_client(cfg)
+    exp = reg.ensure_experiment(client, cfg, cfg.registry.experiment)
+    with mlflow.start_run(experiment_id=exp):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=PARAMS_MODEL_FILE, model_config={"n_features": n_features, "fast": fast},
+            signature=signature, pip_requirements=pip_requirements(), registered_model_name=cfg.registry.model_name)
+    return str(info.registered_model_version)
 
 
 def for_endpoint(cfg: Config, name: str) -> Config:

@@ -63,7 +63,6 @@ def test_versions_to_serve():
     assert versions_to_serve(None, None) == {}
     assert sv.desired_routes(["champion", "challenger"]) == {"champion": 100, "challenger": 0}
     assert sv.desired_routes(["challenger"]) == {"challenger": 100}
-    assert (sv.CHAMPION, sv.CHALLENGER) == (reg.CHAMPION, reg.CHALLENGER)
 
 
 def test_deploy_creates_then_is_idempotent_then_updates_once(reg_env):

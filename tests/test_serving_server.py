@@ -35,6 +35,7 @@ from serving_fixtures import (
     for_endpoint,
     register_gated_version,
     register_p300_version,
+    register_params_version,
     running_server,
     synthetic_epochs,
 )
@@ -52,6 +53,8 @@ class Env:
     v3: str
     gated: str
     hold: Path
+    with_params: str
+    with_params_slow: str
 
     @property
     def ws(self):
@@ -81,12 +84,14 @@ def env(tmp_path_factory):
     v3 = register_p300_version(cfg, N, seed=2, shift=2.0)
     hold = root / "hold-loading"
     gated = register_gated_version(cfg, hold)
+    with_params = register_params_version(cfg, N)
+    with_params_slow = register_params_version(cfg, N, fast=False)
     with running_server(cfg) as info:
         ws = sv.workspace_client(cfg)
         ws.serving_endpoints.create(name="ep", config=EndpointCoreConfigInput(
             name="ep", served_entities=entities(cfg, champion=v1, challenger=v2),
             traffic_config=traffic(champion=100, challenger=0))).result(timeout=WAIT)
-        yield Env(cfg, info, v1, v2, v3, gated, hold)
+        yield Env(cfg, info, v1, v2, v3, gated, hold, with_params, with_params_slow)
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +180,40 @@ def test_routing_follows_traffic_and_direct_urls_reach_each_entity(env):
     direct = httpx.post(env.url("ep", "challenger"), json=body)
     assert direct.status_code == 200 and direct.headers["x-served-version"] == env.v2
     assert direct.json() != httpx.post(env.url("ep", "champion"), json=body).json()
+
+
+def test_params_reach_the_model_on_both_paths_and_are_checked(env):
+    """``params`` beside the inputs go to predict_matrix(..., params=) (fast path) or to
+    pyfunc.predict(..., params=) (otherwise), checked against the signature's params schema."""
+    env.ws.serving_endpoints.create(name="params", config=EndpointCoreConfigInput(
+        name="params", served_entities=entities(env.cfg, fast=env.with_params, slow=env.with_params_slow,
+                                                plain=env.v1))).result(timeout=WAIT)
+    rows = np.zeros((3, N)).tolist()
+    for served in ("fast", "slow"):
+        url = env.url("params", served)
+        resp = httpx.post(url, json={"inputs": rows, "params": {"offset": 0.25, "subject_id": 7}})
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"predictions": [{"probability": 0.75, "label": 7}] * 3}, served
+        records = [dict(zip([f"f{i}" for i in range(N)], r)) for r in rows]
+        resp = httpx.post(url, json={"dataframe_records": records, "params": {"subject_id": 3}})  # defaults fill in
+        assert resp.status_code == 200 and resp.json()["predictions"][0] == {"probability": 0.5, "label": 3}
+        without = httpx.post(url, json={"inputs": rows})  # the contract without params is unchanged
+        assert without.status_code == 200 and without.json()["predictions"][0] == {"probability": 0.5, "label": -1}
+        bad = httpx.post(url, json={"inputs": rows, "params": {"subject_id": "seven"}})
+        assert bad.status_code == 400 and "subject_id" in bad.json()["message"], served
+        bad = httpx.post(url, json={"inputs": rows, "params": [7]})
+        assert bad.status_code == 400 and "params must be a JSON object" in bad.json()["message"]
+    # a model whose signature declares no params ignores them, as MLflow does (the inference log keeps them)
+    plain = httpx.post(env.url("params", "plain"), json={"inputs": rows, "params": {"subject_id": 7}})
+    assert plain.status_code == 200
+    assert plain.json() == httpx.post(env.url("params", "plain"), json={"inputs": rows}).json()
+    # the invocation client sends them
+    from pipeline.invoke import invoke_batches
+
+    res = invoke_batches(env.url("params", "fast"), np.zeros((10, N), np.float32), batch_size=4,
+                         params={"offset": -0.25, "subject_id": 9})
+    assert res.failed_batches == [] and np.allclose(res.probability, 0.25) and (res.label == 9).all()
+    env.ws.serving_endpoints.delete("params")
 
 
 def _nan_body(token: str) -> bytes:
@@ -268,55 +307,79 @@ def test_update_while_one_is_in_progress_is_a_conflict_and_the_old_config_keeps_
 
 
 def test_hot_swap_under_load_fails_no_request(env):
+    """Four clients post without pause while the champion is swapped four times. Phases
+    order the test instead of sleeps: an even phase has no update in flight, an odd one
+    has. A request that starts and ends inside one even phase must get that phase's
+    version; inside the gated version's held load it must get the previous one."""
     ws = env.ws
     ws.serving_endpoints.create(name="swap", config=EndpointCoreConfigInput(
         name="swap", served_entities=entities(env.cfg, champion=env.v1))).result(timeout=WAIT)
     X, _ = synthetic_epochs(50, N, seed=5)
     body = json.dumps({"inputs": X.tolist()}).encode()
     stop = threading.Event()
+    phase = [0]
+    done: list[tuple[int, int, str]] = []  # (phase at send, phase at answer, served version)
     failures: list[str] = []
-    seen: list[str] = []
-    lock = threading.Lock()
+    cond = threading.Condition()
 
     def client(url: str) -> None:
-        with httpx.Client(timeout=30) as http:
+        with httpx.Client(timeout=60) as http:
             while not stop.is_set():
+                before = phase[0]
                 try:
                     resp = http.post(url, content=body, headers={"Content-Type": "application/json"})
                     ok = resp.status_code == 200 and len(resp.json()["predictions"]) == len(X)
-                    with lock:
-                        (seen if ok else failures).append(resp.headers.get("x-served-version") if ok else
-                                                          f"{resp.status_code} {resp.text[:200]}")
+                    outcome = resp.headers.get("x-served-version") if ok else f"{resp.status_code} {resp.text[:200]}"
                 except httpx.HTTPError as exc:
-                    with lock:
-                        failures.append(repr(exc))
+                    ok, outcome = False, repr(exc)
+                with cond:
+                    (done.append((before, phase[0], outcome)) if ok else failures.append(outcome))
+                    cond.notify_all()
+
+    def served_within(p: int) -> list[str]:
+        return [v for a, b, v in done if a == b == p]
+
+    def await_requests(p: int, n: int = 8) -> None:
+        with cond:
+            assert cond.wait_for(lambda: len(served_within(p)) >= n or failures, timeout=120), f"phase {p} stalled"
 
     threads = [threading.Thread(target=client, args=(env.url("swap", "champion" if i % 2 else None),))
                for i in range(4)]
     for t in threads:
         t.start()
+    versions = [env.v1, env.v3, env.gated, env.v1, env.v2]
     try:
-        time.sleep(0.3)
-        # v3: loaded for this swap; gated: its load is held for 0.5 s while the clients go on
-        for version in (env.v3, env.gated, env.v1, env.v2):
-            if version == env.gated:
+        await_requests(0)
+        for k, version in enumerate(versions[1:], start=1):
+            with cond:
+                phase[0] = 2 * k - 1  # an update in flight
+            if version == env.gated:  # its load waits while the hold file exists
                 env.hold.touch()
-                threading.Timer(0.5, env.hold.unlink).start()
-            ws.serving_endpoints.update_config(name="swap", served_entities=entities(env.cfg, champion=version)
-                                               ).result(timeout=WAIT)
-            n = len(seen)
-            deadline = time.monotonic() + 10
-            while (len(seen) < n + 8 or seen[-1] != version) and time.monotonic() < deadline:
-                time.sleep(0.02)
+                waiter = ws.serving_endpoints.update_config(name="swap",
+                                                            served_entities=entities(env.cfg, champion=version))
+                assert ws.serving_endpoints.get("swap").state.config_update == EndpointStateConfigUpdate.IN_PROGRESS
+                await_requests(2 * k - 1)  # served while the new version loads
+                with cond:
+                    phase[0] = -1  # releasing the load: either version may answer
+                env.hold.unlink()
+                waiter.result(timeout=WAIT)
+            else:
+                ws.serving_endpoints.update_config(name="swap", served_entities=entities(env.cfg, champion=version)
+                                                   ).result(timeout=WAIT)
+            with cond:
+                phase[0] = 2 * k
+            await_requests(2 * k)
     finally:
         stop.set()
+        env.hold.unlink(missing_ok=True)
         for t in threads:
             t.join()
     ws.serving_endpoints.delete("swap")
     assert failures == []
-    assert {env.v1, env.v2, env.v3, env.gated} <= set(seen)
-    assert seen[-1] == env.v2
-    assert len(seen) > 30
+    for k, version in enumerate(versions):
+        assert set(served_within(2 * k)) == {version}, (k, version)
+    held = versions.index(env.gated)
+    assert set(served_within(2 * held - 1)) == {versions[held - 1]}  # the old config kept serving
 
 
 def test_a_restarted_server_restores_its_endpoints(env):
