@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole cycle on synthetic data from an empty root, with a summary")
     p.add_argument("--subjects", type=int, default=10)
     p.add_argument("--minutes", type=float, default=12.0)
+    p.add_argument("--no-monitoring", action="store_true", help="skip the drifted-cohort monitoring step")
     return parser
 
 

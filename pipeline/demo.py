@@ -118,6 +118,13 @@ def main(cfg: Config, args: argparse.Namespace, rep: Reporter) -> int:
         if code != 0 and not gated:  # a refused gated promotion is an outcome, not a failure
             rep.result(f"demo: step {i} ({title}) failed with exit code {code}")
             return code
+    if not getattr(args, "no_monitoring", False):  # drifted cohort -> monitor -> retrain (docs/monitoring.md)
+        from pipeline.demo_monitoring import monitoring_step
+
+        rep.result("\n[monitoring] a drifted cohort reaches the champion; p300 job monitor_and_retrain")
+        t0 = time.perf_counter()
+        code = monitoring_step(cfg, rep, lambda c, argv: _run_step(c, argv, rep), args.subjects, f"{args.minutes:g}")
+        timings.append(("monitoring: drifted cohort, monitor, retrain", time.perf_counter() - t0, code))
     _summary(cfg, rep, timings)
     rep.result(f"\ndemo finished in {time.perf_counter() - start:.0f}s; root: {Path(root)}")
     return 0

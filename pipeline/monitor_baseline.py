@@ -1,8 +1,9 @@
 """The training baseline of a model version, logged with that version's run.
 
-Drift is measured against what the version saw in training: its Target probability and
-per-channel RMS on its training epochs (the features table version and subjects its run
-records). Computed once, on the first monitor run that meets the version, and logged as
+Drift is measured against what the version saw in training: the Target probability of its
+training epochs, each from a refit that left the epoch's subject out (as its cross-validated
+ROC AUC was measured), and their per-channel RMS (the features table version and subjects its
+run records). Computed once, on the first monitor run that meets the version, and logged as
 ``monitor/baseline.parquet`` on the version's training run; later runs download it, so
 every window of a version is compared with the same sample.
 """
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -30,21 +30,38 @@ __all__ = ["load_baseline", "ARTIFACT"]
 ARTIFACT = "monitor/baseline.parquet"
 
 
-def _features(spark: SparkSession, cfg: Config, subjects: list[int], version: int) -> np.ndarray:
+def _features(spark: SparkSession, cfg: Config, subjects: list[int], version: int) -> tuple[np.ndarray, ...]:
     table = (read_table(spark, cfg, "features", version=version)
              .where(F.col("subject_id").isin([int(s) for s in subjects]))
-             .select(F.col("features").cast("array<float>")).toArrow())
-    col = pc.list_flatten(table.column("features").combine_chunks()) if table.num_rows else pa.array([], pa.float32())
-    return col.to_numpy(zero_copy_only=False).reshape(table.num_rows, -1) if table.num_rows else np.empty((0, 0))
+             .select("subject_id", "label", F.col("features").cast("array<float>")).toArrow())
+    if not table.num_rows:
+        return np.empty((0, 0), np.float32), np.empty(0, int), np.empty(0, int)
+    col = pc.list_flatten(table.column("features").combine_chunks())
+    X = np.ascontiguousarray(col.to_numpy(zero_copy_only=False).reshape(table.num_rows, -1), dtype=np.float32)
+    return X, table.column("label").to_numpy(), table.column("subject_id").to_numpy()
+
+
+def _scores(estimator, target: int, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Target probability of each training epoch from a model that did not see its subject
+    (leave-subjects-out, like the version's cv_roc_auc): what served subjects look like to it.
+    In-sample scores would be too confident, and every new subject would read as drift."""
+    from sklearn.base import clone
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:  # one subject: in-sample is all there is
+        return estimator.predict_proba(X)[:, list(estimator.classes_).index(target)]
+    proba = cross_val_predict(clone(estimator), X, y, groups=groups, cv=GroupKFold(min(5, n_groups)),
+                              method="predict_proba")
+    return proba[:, list(np.unique(y)).index(target)]
 
 
 def _compute(spark: SparkSession, cfg: Config, version: str, subjects: list[int], fversion: int) -> pd.DataFrame:
     import mlflow.pyfunc
 
-    X = _features(spark, cfg, subjects, fversion)
-    model = mlflow.pyfunc.load_model(model_uri(cfg, version))
-    inner = model.unwrap_python_model()
-    proba, _ = inner.predict_matrix(np.ascontiguousarray(X, dtype=np.float32))
+    X, y, groups = _features(spark, cfg, subjects, fversion)
+    inner = mlflow.pyfunc.load_model(model_uri(cfg, version)).unwrap_python_model()
+    proba = _scores(inner.estimator, cfg.signal.event_ids.target, X, y, groups)
     rms = channel_rms(X, cfg.preprocess.n_times)
     return pd.DataFrame({"score": proba, **{f"rms_{i}": rms[:, i] for i in range(rms.shape[1])}})
 

@@ -86,8 +86,10 @@ def summary(cfg: Config, rep: Reporter, metrics: pd.DataFrame, outcome: RuleOutc
                for c in cols] for _, r in shown.iterrows()]
     rep.table(rows, ["window", "version", "served", "requests", "epochs", "auc", "auc_drop", "psi", "ks", "wass",
                      "rms_psi", "target_rate", "p99_ms"],
-              title=f"monitor: {processed} window(s) processed this run; latest {len(shown)} of {len(metrics)} "
+              title=f"monitor: {max(processed, 0)} window(s) processed this run; latest {len(shown)} of {len(metrics)} "
                     f"({cfg.monitoring.window_s} s windows; drift against each version's training baseline)")
+    if outcome is None and processed < 0:  # the caller reports the rule itself
+        return
     if outcome is None:
         rep.result(f"monitor: no window served by {cfg.monitoring.rule.served_entity!r} yet: the rule did not run")
     else:

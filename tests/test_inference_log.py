@@ -33,8 +33,8 @@ def _load(url: str, headers: dict, clients: int, stop: threading.Event, ok: set,
             i = 0
             while not stop.is_set() and (per_client is None or i < per_client):
                 cid = f"c{c}-{i}"
-                body = orjson.dumps({"inputs": rng.normal(size=(5, N_FEATURES)).tolist(),
-                                     "params": {"client_request_id": cid, "subject_id": c}})
+                body = orjson.dumps({"client_request_id": cid, "inputs": rng.normal(size=(5, N_FEATURES)).tolist(),
+                                     "params": {"subject_id": c}})
                 try:
                     resp = http.post(url, content=body, headers={**headers, "Content-Type": "application/json"})
                     (ok if resp.status_code == 200 else failed).add(cid)
