@@ -19,7 +19,7 @@ INSTALL_REQUIRES = [
     "numpy>=1.26", "scipy>=1.11", "pandas>=2.0,<3", "pyarrow>=14", "scikit-learn>=1.3", "mne>=1.6",
     "mlflow>=2.16", "databricks-sdk>=0.40", "pydantic>=2.5", "pyyaml>=6", "matplotlib>=3.7",
     "httpx>=0.25", "fastapi>=0.110", "uvicorn>=0.27", "orjson>=3.9",
-    "deltalake>=1.0",  # the serving endpoint's inference log (pipeline/inference_log.py)
+    "deltalake>=1.0",  # the serving endpoint's inference log (pipeline/serving/inference_log.py)
     "psutil>=5.9", "tenacity>=8.3", "urllib3>=2",  # serving: process checks; invoke: retries, Retry-After
 ]
 SPARK_REQUIRES = ["pyspark>=4.0.1,<=4.2.0", "delta-spark>=4.0.1,<=4.4.0"]

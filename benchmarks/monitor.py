@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from pipeline import registry as reg
 from pipeline.config import load_config
-from pipeline.inference_log import InferenceLog
+from pipeline.serving.inference_log import InferenceLog
 from pipeline.model import PACKAGE_DIR, P300Model, build_estimator, model_signature
 from pipeline.report import Reporter
 

@@ -179,7 +179,6 @@ class SparkConf(_Strict):
 
 class RetrainRule(_Strict):
     """Retrain when at least k of the last n windows violate, and the latest does (mlops-stacks #156)."""
-
     metric: str = "score_psi"  # a monitor metric name (docs/monitoring.md lists them)
     threshold: float = 0.2
     direction: Literal["above", "below"] = "above"  # violation: metric above (or below) threshold

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from pipeline import registry as reg
 from pipeline.config import Config
-from pipeline.inference_log import InferenceLog
+from pipeline.serving.inference_log import InferenceLog
 from pipeline.model import P300Model, build_estimator, model_signature
 from pipeline.model_code import model_code_paths
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from pyspark.sql import functions as F
 
-from pipeline.inference_log import InferenceLog, read_segment
+from pipeline.serving.inference_log import InferenceLog, read_segment
 from pipeline.serving import apply_served_versions, invocation_url, start_local_server, stop_local_server, \
     workspace_client
 from pipeline.storage import read_table

@@ -8,6 +8,7 @@
     models     loaded model versions, scoring one request, the hot swap
     scoring    the one input validator (the logged pyfunc model uses it too)
     routes     traffic splits;   errors: the server's error type
+    inference_log   the request log: write-ahead file on the request path, Delta behind it
 
 The client-side names below are importable from ``pipeline.serving`` itself. They load on
 first use (PEP 562) so that importing ``pipeline.serving.scoring`` (inside every logged

@@ -91,7 +91,7 @@ def _client_request_id(body: bytes) -> str | None:
     """Databricks' ``client_request_id`` of a request (top level, or in ``params``)."""
     if b"client_request_id" not in body:  # a scan, not a second parse of every body
         return None
-    from pipeline.inference_log import client_request_id
+    from pipeline.serving.inference_log import client_request_id
 
     try:
         return client_request_id(loads(body, "invocation"))

@@ -87,7 +87,7 @@ def serve(cfg: Config, host: str | None = None, port: int | None = None,
     store.restore()
     inference_log = None
     if on_invocation is None:  # the inference log (monitoring.inference_log; docs/monitoring.md)
-        from pipeline.inference_log import open_inference_log, record_invocation
+        from pipeline.serving.inference_log import open_inference_log, record_invocation
 
         inference_log = open_inference_log(cfg, say)
         if inference_log is not None:
