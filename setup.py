@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "httpx>=0.25", "fastapi>=0.110", "uvicorn>=0.27", "orjson>=3.9",
     "deltalake>=1.0",  # the serving endpoint's inference log (pipeline/serving/inference_log.py)
     "psutil>=5.9", "tenacity>=8.3", "urllib3>=2",  # serving: process checks; invoke: retries, Retry-After
+    "pyriemann>=0.12", "array-api-extra>=0.8.2",  # xdawn_ts; pyriemann 0.12 breaks on array-api-extra < 0.8.2
 ]
 SPARK_REQUIRES = ["pyspark>=4.0.1,<=4.2.0", "delta-spark>=4.0.1,<=4.4.0"]
 

@@ -109,12 +109,37 @@ class Preprocess(_Strict):
         return int(floor(round((self.tmax - self.tmin) * self.resample_hz, 6))) + 1
 
 
+# the classifier registry's names (pipeline/classifiers.py; a test keeps the two equal)
+ClassifierName = Literal["lda", "lda_plain", "xdawn_ts"]
+_OLD_MODEL_NAMES = {"shrinkage_lda": "lda", "lda": "lda_plain"}  # training.model before training.classifier
+
+
 class Training(_Strict):
-    model: Literal["shrinkage_lda", "lda"] = "shrinkage_lda"
     train_fraction: float = Field(0.5, gt=0, le=1)
     min_subjects: int = Field(2, ge=1)
     cv_folds: int = Field(5, ge=2)
     seed: int = 42
+    # model: classifier registry, per-subject alignment, `p300 compare` (issue 18)
+    classifier: ClassifierName = "xdawn_ts"
+    alignment: Literal["none", "recenter"] = "none"
+    candidates: list[str] = Field(default_factory=lambda: ["lda", "xdawn_ts", "xdawn_ts+recenter"], min_length=1)
+    calibration_fraction: float = Field(0.2, gt=0, lt=1)  # unlabelled-calibration protocol: the first 20%
+    compare_protocol: Literal["trialwise", "calibration"] = "trialwise"  # what `p300 compare` ranks by
+    n_jobs: int | None = Field(None, ge=1)  # folds fitted in parallel; null: one per core
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_model_key(cls, data: Any) -> Any:
+        """``training.model`` (shrinkage_lda | lda) still works: it names the same pipelines."""
+        if isinstance(data, dict) and "model" in data:
+            data = dict(data)
+            old = data.pop("model")
+            if old not in _OLD_MODEL_NAMES:
+                raise ValueError(f"training.model {old!r}: use training.classifier (one of lda, lda_plain, xdawn_ts)")
+            if "classifier" in data and data["classifier"] != _OLD_MODEL_NAMES[old]:
+                raise ValueError("training.model is the old name of training.classifier: set only classifier")
+            data["classifier"] = _OLD_MODEL_NAMES[old]
+        return data
 
 
 class Registry(_Strict):

@@ -18,26 +18,22 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import make_metric
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score
 
 from pipeline import plots
 from pipeline.config import Config, ConfigError
 from pipeline.invoke import InvocationResult, invoke_batches
-from pipeline.registry import CHALLENGER, CHAMPION, ensure_experiment, get_version, mlflow_client, version_lineage
+from pipeline.metrics import per_subject_auc, roc_auc, subject_summary
+from pipeline.registry import ensure_experiment, get_version, mlflow_client, version_lineage
+from pipeline.registry_names import CHALLENGER, CHAMPION, TAG_COMPARISON, TAG_TARGET, TAG_TARGET_SET, TAG_VERSION
 from pipeline.report import Reporter
 from pipeline.serving import auth_headers, get_endpoint, invocation_url, served_versions, workspace_client
 from pipeline.spark import get_spark
 from pipeline.storage import table_exists, table_version
-from pipeline.train import feature_subjects, load_features
+from pipeline.tables import feature_subjects, load_features
 
 __all__ = ["Holdout", "EvaluationResult", "choose_holdout", "evaluation_metrics", "evaluate", "main",
            "TAG_TARGET", "TAG_COMPARISON", "TAG_VERSION", "TAG_TARGET_SET"]
-
-TAG_TARGET = "p300.served_entity"
-TAG_VERSION = "p300.model_version"
-TAG_TARGET_SET = "p300.target_set"  # champion, challenger or both
-TAG_COMPARISON = "p300.comparison_id"  # shared by the two runs of one `both` evaluation
-
 
 @dataclass
 class Holdout:
@@ -75,7 +71,7 @@ def choose_holdout(processed: list[int], seen: dict[str, list[int]], requested: 
 
 
 def _roc_auc(predictions: pd.Series, targets: pd.Series, probability: pd.Series) -> float:
-    return float(roc_auc_score(targets, probability)) if targets.nunique() == 2 else float("nan")
+    return roc_auc(targets.to_numpy() == 1, probability.to_numpy())
 
 
 def _balanced_accuracy(predictions: pd.Series, targets: pd.Series) -> float:
@@ -93,14 +89,6 @@ def evaluation_metrics(y_true: np.ndarray, proba: np.ndarray, pred: np.ndarray) 
     result = mlflow.evaluate(data=data, targets="target", predictions="prediction", model_type="classifier",
                              extra_metrics=[ROC_AUC, BALANCED_ACCURACY], evaluator_config={"pos_label": 1})
     return {k: float(v) for k, v in result.metrics.items()}, dict(result.artifacts)
-
-
-def _per_subject_auc(groups: np.ndarray, y: np.ndarray, proba: np.ndarray) -> dict[int, float]:
-    out = {}
-    for s in np.unique(groups):
-        m = groups == s
-        out[int(s)] = float(roc_auc_score(y[m], proba[m])) if len(np.unique(y[m])) == 2 else float("nan")
-    return out
 
 
 def _log_run(cfg: Config, experiment_id: str, target: str, version: str, target_set: str, comparison: str,
@@ -122,8 +110,9 @@ def _log_run(cfg: Config, experiment_id: str, target: str, version: str, target_
         metrics: dict[str, float] = {}
         if ok.any():
             metrics, _ = evaluation_metrics(y_bin[ok], res.probability[ok], pred_bin[ok])
-            for sid, auc in _per_subject_auc(groups[ok], y_bin[ok], res.probability[ok]).items():
-                metrics[f"roc_auc_subject_{sid:02d}"] = auc
+            per_subject = per_subject_auc(groups[ok], y_bin[ok] == 1, res.probability[ok])
+            metrics.update({f"roc_auc_subject_{sid:02d}": auc for sid, auc in per_subject.items()})
+            metrics.update(subject_summary(per_subject))  # roc_auc_subject_mean / _min, gate-able
             with tempfile.TemporaryDirectory() as tmp:
                 ids = cfg.signal.event_ids
                 fig = plots.roc_figure(y[ok], res.probability[ok], pos_label=ids.target, name=f"{target} v{version}",
@@ -205,12 +194,12 @@ def evaluate(cfg: Config, target: str, subjects: list[int] | None, batch_size: i
 
 
 def _summary(rep: Reporter, results: list[EvaluationResult], holdout: Holdout) -> None:
-    cols = ["roc_auc", "balanced_accuracy", "f1_score", "precision_score", "recall_score", "epochs_scored",
+    cols = ["roc_auc", "roc_auc_subject_mean", "roc_auc_subject_min", "balanced_accuracy", "f1_score", "precision_score", "recall_score", "epochs_scored",
             "failed_requests", "latency_p50_ms", "latency_p99_ms", "epochs_per_second"]
     counts = {"epochs_scored", "failed_requests"}
     rep.table([[r.target, r.version] + [int(r.metrics[c]) if c in counts and c in r.metrics else r.metrics.get(c)
                                         for c in cols] for r in results],
-              ["served", "version", "roc_auc", "bal_acc", "f1", "precision", "recall", "epochs", "failed",
+              ["served", "version", "roc_auc", "subj_mean", "subj_min", "bal_acc", "f1", "precision", "recall", "epochs", "failed",
                "p50_ms", "p99_ms", "epochs/s"],
               title=f"evaluate: holdout subjects {holdout.subjects}")
     for r in results:

@@ -1,9 +1,16 @@
-"""The served model: StandardScaler + LDA wrapped as an MLflow pyfunc.
+"""The served model: a classifier pipeline (pipeline/classifiers.py) wrapped as an MLflow pyfunc.
 
 One class for every consumer: the local endpoint server calls ``predict_matrix`` on a
 float32 matrix (its fast path), ``mlflow models serve``, Databricks Model Serving and
 ``mlflow.pyfunc.spark_udf`` call ``predict``. Both return, per epoch, the Target
 probability and the predicted label (the configured event ids: Target 2, NonTarget 1).
+
+A model that re-centres subjects (``training.alignment: recenter``) takes the subject's
+reference through the optional request ``params`` (declared in the signature, so the
+input contract is unchanged): ``reference``, the subject's channels x channels reference
+flattened row by row, or ``calibration``, a block of the subject's unlabelled epochs
+flattened epoch by epoch, from which the model computes it. With neither it scores
+source-only (the training subjects' mean reference).
 """
 from __future__ import annotations
 
@@ -12,40 +19,59 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
-from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
+from pipeline.classifiers import alignment_of, build_classifier, calibration_reference, predict_proba_with_reference
 from pipeline.serving.scoring import as_matrix  # the one input validator, shared with the endpoint server
 
-__all__ = ["P300Model", "build_estimator", "model_signature", "as_matrix"]
+__all__ = ["P300Model", "build_estimator", "model_signature", "as_matrix", "PARAM_REFERENCE", "PARAM_CALIBRATION"]
+
+PARAM_REFERENCE = "reference"
+PARAM_CALIBRATION = "calibration"
 
 
-def build_estimator(kind: str = "shrinkage_lda") -> Pipeline:
-    """shrinkage_lda (lsqr + Ledoit-Wolf) by default: plain LDA overfits 1000+ features per epoch."""
-    if kind == "shrinkage_lda":
-        lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
-    elif kind == "lda":
-        lda = LinearDiscriminantAnalysis()
-    else:
-        raise ValueError(f"training.model: unknown model {kind!r} (shrinkage_lda or lda)")
-    return Pipeline([("scaler", StandardScaler()), ("lda", lda)])
+def build_estimator(classifier: str = "lda", n_times: int = 1, alignment: str = "none") -> Pipeline:
+    """A classifier pipeline by registry name; the default ``n_times=1`` reads every feature as a
+    channel, which the vector classifiers (lda, lda_plain) accept for any feature count."""
+    return build_classifier(classifier, n_times, alignment)
 
 
 class P300Model(PythonModel):
-    """A fitted estimator plus the label convention; picklable, no Spark or pipeline state."""
+    """A fitted pipeline plus the label convention; picklable, no Spark or pipeline state."""
 
-    def __init__(self, estimator: Pipeline, n_features: int, target_label: int = 2, nontarget_label: int = 1):
+    def __init__(self, estimator: Pipeline, n_features: int, target_label: int = 2, nontarget_label: int = 1,
+                 classifier: str | None = None):
         self.estimator = estimator
         self.n_features = int(n_features)
         self.target_label = int(target_label)
         self.nontarget_label = int(nontarget_label)
+        self.classifier = classifier
         classes = list(getattr(estimator, "classes_", []))
         self._target_col = classes.index(target_label) if target_label in classes else 1
 
-    def predict_matrix(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def alignment(self) -> str:
+        return alignment_of(self.estimator)
+
+    def reference(self, params: dict[str, Any] | None) -> np.ndarray | None:
+        """The subject's reference from request params (None: source-only); ValueError when
+        they are malformed."""
+        params = params or {}
+        ref, block = params.get(PARAM_REFERENCE), params.get(PARAM_CALIBRATION)
+        if ref is not None and len(ref):
+            return np.asarray(ref, dtype=np.float64)
+        if block is not None and len(block):
+            flat = np.asarray(block, dtype=np.float32)
+            if flat.size % self.n_features:
+                raise ValueError(f"params.calibration: {flat.size} values is not a whole number of epochs of "
+                                 f"{self.n_features} features")
+            return calibration_reference(self.estimator, as_matrix(flat.reshape(-1, self.n_features),
+                                                                  self.n_features))
+        return None
+
+    def predict_matrix(self, matrix: np.ndarray, reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(Target probability float64, label int64) for a validated float32 matrix."""
-        proba = self.estimator.predict_proba(matrix)[:, self._target_col]
+        proba = predict_proba_with_reference(self.estimator, matrix, reference)[:, self._target_col]
         labels = np.where(proba >= 0.5, self.target_label, self.nontarget_label).astype(np.int64)
         return proba.astype(np.float64), labels
 
@@ -54,17 +80,21 @@ class P300Model(PythonModel):
         saying what is wrong, as the endpoint server would answer it). The hint is
         np.ndarray (what the tensor signature delivers) because MLflow reads this hint: it
         skips schema inference for it, where Any or a Union would draw a warning."""
-        proba, labels = self.predict_matrix(as_matrix(model_input, self.n_features))
+        matrix = as_matrix(model_input, self.n_features)
+        proba, labels = self.predict_matrix(matrix, self.reference(params))
         return pd.DataFrame({"probability": proba, "label": labels})
 
 
 def model_signature(n_features: int):
     """Tensor input (float32, (-1, n_features)): per-column schema checks of 1000+ named
-    columns would dominate request time. Output: probability and label per epoch."""
+    columns would dominate request time. Output: probability and label per epoch. Params:
+    the optional subject reference or calibration block (flat lists; empty: none)."""
     from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema, TensorSpec
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_features))]),
         outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label")]),
+        params=ParamSchema([ParamSpec(PARAM_REFERENCE, "double", [], (-1,)),
+                            ParamSpec(PARAM_CALIBRATION, "double", [], (-1,))]),
     )

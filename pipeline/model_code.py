@@ -1,7 +1,8 @@
 """What a logged model carries: ``code_paths`` no wider than the code it needs to load and predict.
 
 A pickled ``P300Model`` imports ``pipeline.model`` and, through it, the input validator
-``pipeline.serving.scoring``; nothing else of the package. ``model_code_paths()`` stages
+``pipeline.serving.scoring`` and the classifier pipelines' steps ``pipeline.classifiers``;
+nothing else of the package. ``model_code_paths()`` stages
 exactly those files (with their packages' ``__init__.py``, so the pickle finds them under
 their own names) as a ``pipeline`` tree and returns it for ``log_model(code_paths=...)``.
 MLflow's own ``infer_code_paths`` would find them too, but only relative to the working
@@ -17,7 +18,7 @@ from pathlib import Path
 
 __all__ = ["MODEL_MODULES", "model_code_paths"]
 
-MODEL_MODULES = ("pipeline.model", "pipeline.serving.scoring")
+MODEL_MODULES = ("pipeline.model", "pipeline.serving.scoring", "pipeline.classifiers")
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the directory that holds pipeline/
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "roc_figure",
     "roc_compare_figure",
     "confusion_figure",
+    "per_subject_figure",
     "save_png",
 ]
 
@@ -141,6 +142,26 @@ def confusion_figure(
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
+    return fig
+
+
+def per_subject_figure(table: Mapping[str, Mapping[int, float]], title: str = "ROC AUC per left-out subject") -> Figure:
+    """One line of markers per candidate {name: {subject: auc}}, subjects on the x axis, the
+    candidate's mean as a dashed line: the spread and the worst subject at a glance."""
+    fig = _figure(7.0, 4.5)
+    ax = fig.add_subplot()
+    subjects = sorted({s for per in table.values() for s in per})
+    x = np.arange(len(subjects))
+    for i, (name, per) in enumerate(table.items()):
+        values = np.array([per.get(s, np.nan) for s in subjects], dtype=float)
+        line = ax.plot(x, values, marker="o", lw=0.8, label=f"{name} (mean {np.nanmean(values):.3f}, "
+                                                          f"min {np.nanmin(values):.3f})")[0]
+        ax.axhline(np.nanmean(values), color=line.get_color(), lw=0.8, ls="--")
+    ax.set_xticks(x, [str(s) for s in subjects])
+    ax.set_xlabel("left-out subject")
+    ax.set_ylabel("ROC AUC")
+    ax.set_title(title)
+    ax.legend(loc="lower left", fontsize=8)
     return fig
 
 

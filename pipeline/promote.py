@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import Config
-from pipeline.evaluate import TAG_COMPARISON, TAG_TARGET, TAG_TARGET_SET, TAG_VERSION
-from pipeline.registry import (CHALLENGER, CHAMPION, alias_version, clear_alias, mlflow_client, set_alias,
-                               set_stage)
+from pipeline.registry import alias_version, clear_alias, mlflow_client, set_alias, set_stage
+from pipeline.registry_names import CHALLENGER, CHAMPION, TAG_COMPARISON, TAG_TARGET, TAG_TARGET_SET, TAG_VERSION
 from pipeline.report import Reporter
 from pipeline.serving import apply_served_versions, get_endpoint, served_versions, workspace_client
 
@@ -71,7 +70,8 @@ def gate(client: MlflowClient, cfg: Config, champion: str, challenger: str, metr
                                f"v{challenger}: run it first")
     missing = [t for t in (CHAMPION, CHALLENGER) if metric not in found[t]]
     if missing:
-        known = sorted(k for k in found[CHAMPION] if not k.startswith("roc_auc_subject"))
+        known = sorted(k for k in found[CHAMPION] if not k.startswith("roc_auc_subject_")
+                       or k in ("roc_auc_subject_mean", "roc_auc_subject_min"))
         raise PromotionRefused(f"metric {metric!r} not logged for {missing}; logged metrics: {known}")
     return GateResult(metric, found[CHAMPION][metric], found[CHALLENGER][metric], min_delta, found["id"])
 

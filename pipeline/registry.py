@@ -19,6 +19,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import Config
+from pipeline.registry_names import (CHALLENGER, CHAMPION, PARAM_FEATURES_TABLE, PARAM_FEATURES_VERSION,
+                                     PARAM_N_FEATURES, PARAM_TRAINING_SUBJECTS, TAG_ALIGNMENT, TAG_CLASSIFIER,
+                                     TAG_FINGERPRINT)
 
 __all__ = [
     "CHALLENGER",
@@ -28,6 +31,8 @@ __all__ = [
     "PARAM_FEATURES_VERSION",
     "PARAM_N_FEATURES",
     "TAG_FINGERPRINT",
+    "TAG_CLASSIFIER",
+    "TAG_ALIGNMENT",
     "Lineage",
     "mlflow_client",
     "ensure_experiment",
@@ -45,16 +50,6 @@ __all__ = [
     "version_lineage",
     "find_version_by_tag",
 ]
-
-CHALLENGER = "challenger"
-CHAMPION = "champion"
-
-# What a training run records (params on the run, tags on the model version).
-PARAM_TRAINING_SUBJECTS = "training_subjects"
-PARAM_FEATURES_TABLE = "features_table"
-PARAM_FEATURES_VERSION = "features_table_version"
-PARAM_N_FEATURES = "n_features"
-TAG_FINGERPRINT = "p300.fingerprint"
 
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
@@ -238,8 +233,14 @@ def find_version_by_tag(client: MlflowClient, cfg: Config, key: str, value: str)
         if exc.error_code in _MISSING:
             return None
         raise
-    hits = [v for v in versions if (v.tags or {}).get(key) == value]
-    if not hits:
-        return None
-    newest = max(hits, key=lambda v: int(v.version))
-    return client.get_model_version(newest.name, newest.version)  # with aliases filled in
+    # newest first; Unity Catalog's search results (ModelVersionSearch) carry no tags or
+    # aliases, so those are read from get_model_version, one version at a time
+    for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        tags = v.tags if isinstance(v.tags, dict) else None
+        full = None
+        if tags is None:
+            full = client.get_model_version(v.name, v.version)
+            tags = full.tags
+        if (tags or {}).get(key) == value:
+            return full or client.get_model_version(v.name, v.version)  # with aliases filled in
+    return None

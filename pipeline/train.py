@@ -16,46 +16,26 @@ version it registered before (tag ``p300.fingerprint``) and does not train again
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
-from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
-from sklearn.model_selection import GroupKFold
 
 from pipeline import registry as reg
+from pipeline.classifiers import build_classifier, fit_params
 from pipeline.config import Config
-from pipeline.model import P300Model, build_estimator, model_signature
-from pipeline.model_code import model_code_paths
+from pipeline.model import P300Model
 from pipeline.report import Reporter
+from pipeline.subject_cv import group_cv, scores
+from pipeline.tables import FEATURES, FeaturesData, feature_subjects, load_features
+from pipeline.training_run import Fitted, fingerprint, log_and_register, subject_ranges
 
-__all__ = [
-    "TrainingRefused",
-    "TrainingData",
-    "CVResult",
-    "TrainResult",
-    "select_subjects",
-    "feature_subjects",
-    "arrow_to_arrays",
-    "load_features",
-    "cross_validate",
-    "fingerprint",
-    "flatten_config",
-    "train",
-    "main",
-]
+__all__ = ["TrainingRefused", "TrainResult", "select_subjects", "check_training_data", "fit", "train", "main"]
 
-FEATURES = "features"
+_ranges = subject_ranges
 
 
 class TrainingRefused(Exception):
@@ -65,30 +45,6 @@ class TrainingRefused(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-@dataclass
-class TrainingData:
-    X: np.ndarray  # float32 (n_epochs, n_features), C-contiguous
-    y: np.ndarray  # int64 labels (event ids)
-    groups: np.ndarray  # int64 subject id per row
-    epoch_idx: np.ndarray  # int64 epoch index per row
-    table: str
-    table_version: int
-
-    @property
-    def subjects(self) -> list[int]:
-        return [int(s) for s in np.unique(self.groups)]
-
-
-@dataclass
-class CVResult:
-    scheme: str
-    n_splits: int
-    oof_proba: np.ndarray  # out-of-fold Target probability per row
-    oof_pred: np.ndarray  # out-of-fold predicted label per row
-    metrics: dict[str, float]
-    folds: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -105,19 +61,6 @@ class TrainResult:
 
 
 # ---- subject selection (pure) ---------------------------------------------------------
-
-def _ranges(ids: list[int]) -> str:
-    """[1,2,3,5] -> '1-3,5' for messages."""
-    out, ids = [], sorted(ids)
-    i = 0
-    while i < len(ids):
-        j = i
-        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
-            j += 1
-        out.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
-        i = j + 1
-    return ",".join(out) or "none"
-
 
 def select_subjects(
     available: list[int],
@@ -156,72 +99,9 @@ def select_subjects(
     return available[:count]
 
 
-# ---- features to the driver (Arrow) ---------------------------------------------------
+# ---- checks ----------------------------------------------------------------------------
 
-def feature_subjects(spark: SparkSession, cfg: Config, version: int) -> list[int]:
-    """Subject ids present in the features table at ``version`` (partition values: cheap)."""
-    from pipeline.storage import read_table
-
-    rows = read_table(spark, cfg, FEATURES, version=version).select("subject_id").distinct().collect()
-    return sorted(int(r[0]) for r in rows)
-
-
-def arrow_to_arrays(table: pa.Table, n_features: int | None = None) -> tuple[np.ndarray, ...]:
-    """(X float32 (n, f), label, subject_id, epoch_idx) from an Arrow table of the features
-    schema. Fills one preallocated matrix chunk by chunk from the list column's flat values,
-    so the only other copy alive is the Arrow table itself."""
-    n = table.num_rows
-    col = table.column("features")
-    if col.null_count:
-        raise ValueError(f"features table: {col.null_count} epoch(s) have a null feature vector")
-    if n_features is None:
-        first = next((c for c in col.chunks if len(c)), None)
-        n_features = int(pc.list_value_length(first)[0].as_py()) if first is not None else 0
-    X = np.empty((n, n_features), dtype=np.float32)
-    row = 0
-    for chunk in col.chunks:
-        if not len(chunk):
-            continue
-        lengths = pc.list_value_length(chunk)
-        lo, hi = pc.min_max(lengths).values()
-        if lo.as_py() != n_features or hi.as_py() != n_features:
-            raise ValueError(
-                f"features table: vectors of different lengths ({lo.as_py()}..{hi.as_py()}, expected {n_features}); "
-                "reprocess the subjects with one configuration")
-        flat = chunk.flatten()
-        if flat.null_count:
-            raise ValueError("features table: feature vectors contain nulls")
-        X[row:row + len(chunk)] = flat.to_numpy(zero_copy_only=False).reshape(len(chunk), n_features)
-        row += len(chunk)
-
-    def ints(name: str) -> np.ndarray:
-        return table.column(name).to_numpy().astype(np.int64, copy=False)
-
-    return X, ints("label"), ints("subject_id"), ints("epoch_idx")
-
-
-def load_features(spark: SparkSession, cfg: Config, subjects: list[int], version: int) -> TrainingData:
-    """The selected subjects' epochs at one table version, ordered by (subject, epoch)."""
-    from pipeline.storage import read_table
-
-    frame = (read_table(spark, cfg, FEATURES, version=version)
-             .where(F.col("subject_id").isin([int(s) for s in subjects]))
-             .select(F.col("subject_id").cast("int"), F.col("epoch_idx").cast("int"),
-                     F.col("label").cast("int"), F.col("features").cast("array<float>"))
-             .orderBy("subject_id", "epoch_idx"))
-    table = frame.toArrow()
-    try:
-        X, y, groups, epochs = arrow_to_arrays(table)
-    except ValueError as exc:
-        raise TrainingRefused(f"{cfg.table(FEATURES)} version {version}: {exc}") from None
-    del table
-    order = np.lexsort((epochs, groups))
-    if np.any(order != np.arange(len(order))):  # toArrow keeps Spark's order; this is a guard
-        X, y, groups, epochs = X[order], y[order], groups[order], epochs[order]
-    return TrainingData(X=X, y=y, groups=groups, epoch_idx=epochs, table=cfg.table(FEATURES), table_version=version)
-
-
-def check_training_data(data: TrainingData, cfg: Config) -> None:
+def check_training_data(data: FeaturesData, cfg: Config) -> None:
     """Refuse data the model cannot learn from or that does not match the configuration."""
     target, nontarget = cfg.signal.event_ids.target, cfg.signal.event_ids.nontarget
     if len(data.y) == 0:
@@ -243,143 +123,32 @@ def check_training_data(data: TrainingData, cfg: Config) -> None:
             "the table was built with another preprocess configuration; reprocess (p300 preprocess --reprocess)")
 
 
-# ---- cross-validation (pure) ----------------------------------------------------------
+# ---- fitting (no MLflow) --------------------------------------------------------------
 
-def _scores(y: np.ndarray, proba: np.ndarray, pred: np.ndarray, target: int) -> dict[str, float]:
-    is_target = y == target
-    auc = float(roc_auc_score(is_target, proba)) if 0 < is_target.sum() < len(y) else float("nan")
-    return {
-        "roc_auc": auc,
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-        "f1_target": float(f1_score(y, pred, pos_label=target, zero_division=0.0)),
-    }
-
-
-def cross_validate(
-    X: np.ndarray, y: np.ndarray, groups: np.ndarray, model: str = "shrinkage_lda", folds: int = 5,
-    target: int = 2, nontarget: int = 1,
-) -> CVResult:
-    """Leave-subjects-out CV: each fold's test subjects are unseen in its training part.
-    Pooled out-of-fold scores give the headline metrics; per-fold ones their spread."""
-    n_groups = len(np.unique(groups))
-    n_splits = min(folds, n_groups)
-    scheme = "leave-one-subject-out" if n_splits == n_groups else f"group-{n_splits}-fold"
-    proba = np.full(len(y), np.nan)
-    per_fold = []
-    for k, (tr, te) in enumerate(GroupKFold(n_splits=n_splits).split(X, y, groups)):
-        est = build_estimator(model)
-        if len(np.unique(y[tr])) < 2:
-            raise TrainingRefused(f"cross-validation fold {k}: the training part has one class only")
-        est.fit(X[tr], y[tr])
-        col = list(est.classes_).index(target)
-        proba[te] = est.predict_proba(X[te])[:, col]
-        pred = np.where(proba[te] >= 0.5, target, nontarget)
-        per_fold.append({"fold": k, "test_subjects": sorted(int(s) for s in np.unique(groups[te])),
-                         **_scores(y[te], proba[te], pred, target)})
-    oof_pred = np.where(proba >= 0.5, target, nontarget).astype(np.int64)
-    metrics = {f"cv_{k}": v for k, v in _scores(y, proba, oof_pred, target).items()}
-    fold_auc = np.array([f["roc_auc"] for f in per_fold], dtype=float)
-    if np.isfinite(fold_auc).any():
-        metrics["cv_roc_auc_fold_mean"] = float(np.nanmean(fold_auc))
-        metrics["cv_roc_auc_fold_std"] = float(np.nanstd(fold_auc))
-    return CVResult(scheme=scheme, n_splits=n_splits, oof_proba=proba, oof_pred=oof_pred, metrics=metrics,
-                    folds=per_fold)
-
-
-# ---- lineage and params ---------------------------------------------------------------
-
-_SECRET_WORDS = ("token", "password", "secret")
-
-
-def flatten_config(cfg: Config) -> dict[str, str]:
-    """The full configuration as dotted params (secrets redacted); lists as JSON."""
-    out: dict[str, str] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(f"{prefix}{key}.", value)
-            return
-        key = prefix[:-1]
-        if any(w in key.rsplit(".", 1)[-1].lower() for w in _SECRET_WORDS) and node is not None:
-            out[key] = "***"
-        else:
-            out[key] = node if isinstance(node, str) else json.dumps(node)
-
-    walk("", cfg.dump())
-    return out
-
-
-def fingerprint(cfg: Config, table: str, table_version: int, subjects: list[int]) -> str:
-    """What determines a trained model: the exact features, subjects and training settings."""
-    from pipeline import __version__
-
-    payload = {
-        "table": table, "table_version": int(table_version), "subjects": sorted(int(s) for s in subjects),
-        "training": cfg.training.model_dump(mode="json", exclude={"train_fraction", "min_subjects"}),
-        "event_ids": cfg.signal.event_ids.model_dump(mode="json"), "code": __version__,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _erp_channel(cfg: Config, n_channels: int, X: np.ndarray, y: np.ndarray) -> tuple[int, str]:
-    """Index and name of the configured ERP channel; when the recordings have fewer channels,
-    the channel with the largest target/non-target difference (named as such)."""
-    name = cfg.signal.erp_channel
-    try:
-        idx = int(name.removeprefix(cfg.signal.channel_prefix)) - 1
-    except ValueError:
-        idx = -1
-    if 0 <= idx < n_channels:
-        return idx, name
-    n_times = cfg.preprocess.n_times
-    t, nt = y == cfg.signal.event_ids.target, y == cfg.signal.event_ids.nontarget
-    diffs = [np.abs(X[t, c * n_times:(c + 1) * n_times].mean(0) - X[nt, c * n_times:(c + 1) * n_times].mean(0)).max()
-             for c in range(n_channels)]
-    best = int(np.argmax(diffs))
-    return best, f"{cfg.signal.channel_prefix}{best + 1} (largest difference; {name} absent)"
-
-
-def _figures(cfg: Config, data: TrainingData, cv: CVResult) -> Iterator[tuple[str, Any]]:
-    from pipeline import plots
-
+def fit(cfg: Config, data: FeaturesData, rep: Reporter) -> Fitted:
+    """Cross-validate over subjects, then fit the configured pipeline on all of them."""
+    t = cfg.training
     target, nontarget = cfg.signal.event_ids.target, cfg.signal.event_ids.nontarget
-    n_times = cfg.preprocess.n_times
-    idx, channel = _erp_channel(cfg, data.X.shape[1] // n_times, data.X, data.y)
-    tm, ts, nm, ns = plots.grand_average(data.X, data.y, n_times, idx, target, nontarget)
-    times = cfg.preprocess.tmin + np.arange(n_times) / cfg.preprocess.resample_hz
-    yield "plots/erp_target_vs_nontarget.png", plots.erp_figure(
-        times, tm, nm, channel, ts, ns, int((data.y == target).sum()), int((data.y == nontarget).sum()),
-        title=f"Grand-average ERP at {channel}, subjects {_ranges(data.subjects)}")
-    yield "plots/roc_cv.png", plots.roc_figure(
-        data.y, cv.oof_proba, pos_label=target, name=f"cross-validated ({cv.scheme})",
-        title="ROC, subject-grouped cross-validation")
-    yield "plots/confusion_cv.png", plots.confusion_figure(
-        data.y, cv.oof_pred, labels=(nontarget, target), title="Confusion matrix (cross-validated)")
-
-
-def _dataset(table: str, version: int, digest: str) -> Any:
-    """The features table at its version as an MLflow dataset (lineage in the UI); metadata
-    only, so nothing is computed on Spark."""
-    from mlflow.data.delta_dataset_source import DeltaDatasetSource
-    from mlflow.data.meta_dataset import MetaDataset
-
-    from pipeline.storage import is_catalog_name
-
-    source = (DeltaDatasetSource(delta_table_name=table, delta_table_version=version) if is_catalog_name(table)
-              else DeltaDatasetSource(path=table, delta_table_version=version))
-    return MetaDataset(source, name=f"{FEATURES}@v{version}", digest=digest[:16])
-
-
-def _pip_requirements() -> list[str]:
-    """Pinned from this environment: no slow requirement inference, same versions when served."""
-    import cloudpickle
-    import mlflow
-    import pandas
-    import sklearn
-
-    return [f"mlflow=={mlflow.__version__}", f"scikit-learn=={sklearn.__version__}",
-            f"numpy=={np.__version__}", f"pandas=={pandas.__version__}", f"cloudpickle=={cloudpickle.__version__}"]
+    pipeline = build_classifier(t.classifier, cfg.preprocess.n_times, t.alignment, target)
+    name = t.classifier + ("" if t.alignment == "none" else f"+{t.alignment}")
+    with rep.stage(f"cross-validating {name} over subjects"):
+        t0 = time.perf_counter()
+        try:
+            cv = group_cv(pipeline, data.X, data.y, data.groups, t.cv_folds, target, nontarget, t.n_jobs)
+        except ValueError as exc:
+            raise TrainingRefused(str(exc)) from None
+        cv_seconds = time.perf_counter() - t0
+    rep.info(f"{cv.scheme}: ROC AUC {cv.metrics['cv_roc_auc']:.3f}, balanced accuracy "
+             f"{cv.metrics['cv_balanced_accuracy']:.3f}, F1 Target {cv.metrics['cv_f1_target']:.3f}")
+    with rep.stage("fitting the final model on all training subjects"):
+        t0 = time.perf_counter()
+        pipeline.fit(data.X, data.y, **fit_params(pipeline, data.groups))
+        fit_seconds = time.perf_counter() - t0
+    model = P300Model(pipeline, data.X.shape[1], target_label=target, nontarget_label=nontarget,
+                      classifier=t.classifier)
+    proba, pred = model.predict_matrix(data.X)
+    train_scores = {f"train_{k}": v for k, v in scores(data.y, proba, pred, target).items()}
+    return Fitted(model, cv, {**cv.metrics, **train_scores, "cv_seconds": cv_seconds, "fit_seconds": fit_seconds})
 
 
 # ---- the job --------------------------------------------------------------------------
@@ -419,7 +188,7 @@ def train(
     from pipeline.storage import table_version
 
     rep = rep or Reporter(quiet=True)
-    target, nontarget = cfg.signal.event_ids.target, cfg.signal.event_ids.nontarget
+    target = cfg.signal.event_ids.target
     version = table_version(spark, cfg, FEATURES)
     if version is None:
         raise TrainingRefused(f"features table {cfg.table(FEATURES)} does not exist: "
@@ -443,76 +212,27 @@ def train(
             return reused
 
     with rep.stage(f"loading {len(chosen)} subjects' features through Arrow"):
-        data = load_features(spark, cfg, chosen, version)
+        try:
+            data = load_features(spark, cfg, chosen, version)
+        except ValueError as exc:
+            raise TrainingRefused(str(exc)) from None
         check_training_data(data, cfg)
     n, n_features = data.X.shape
     n_target = int((data.y == target).sum())
     rep.info(f"{n} epochs x {n_features} features ({data.X.nbytes / 2**20:.1f} MiB float32), "
              f"{n_target} Target / {n - n_target} NonTarget")
-
-    with rep.stage(f"cross-validating {cfg.training.model} over subjects"):
-        t0 = time.perf_counter()
-        cv = cross_validate(data.X, data.y, data.groups, cfg.training.model, cfg.training.cv_folds, target, nontarget)
-        cv_seconds = time.perf_counter() - t0
-    rep.info(f"{cv.scheme}: ROC AUC {cv.metrics['cv_roc_auc']:.3f}, balanced accuracy "
-             f"{cv.metrics['cv_balanced_accuracy']:.3f}, F1 Target {cv.metrics['cv_f1_target']:.3f}")
-
-    with rep.stage("fitting the final model on all training subjects"):
-        t0 = time.perf_counter()
-        estimator = build_estimator(cfg.training.model).fit(data.X, data.y)
-        fit_seconds = time.perf_counter() - t0
-    model = P300Model(estimator, n_features, target_label=target, nontarget_label=nontarget)
-    train_proba, train_pred = model.predict_matrix(data.X)
-    train_scores = {f"train_{k}": v for k, v in _scores(data.y, train_proba, train_pred, target).items()}
-
-    import mlflow
-
-    experiment_id = reg.ensure_experiment(client, cfg, cfg.registry.experiment)
-    subjects_text = reg.format_subjects(chosen)
-    lineage = {
-        reg.PARAM_TRAINING_SUBJECTS: subjects_text,
-        reg.PARAM_FEATURES_TABLE: data.table,
-        reg.PARAM_FEATURES_VERSION: str(version),
-        reg.PARAM_N_FEATURES: str(n_features),
-    }
+    fitted = fit(cfg, data, rep)
     with rep.stage(f"logging to MLflow experiment {cfg.registry.experiment!r} and registering "
                    f"{cfg.registry.model_name!r}"):
-        with mlflow.start_run(experiment_id=experiment_id,
-                              run_name=f"train-{_ranges(chosen)}-features-v{version}") as run:
-            mlflow.log_params({**flatten_config(cfg), **lineage, "n_subjects": len(chosen), "n_epochs": n,
-                               "n_target": n_target, "cv_scheme": cv.scheme, "cv_splits": cv.n_splits})
-            mlflow.set_tags({reg.TAG_FINGERPRINT: fp, "p300.job": "train"})
-            mlflow.log_input(_dataset(data.table, version, fp), context="training",
-                             tags={reg.PARAM_TRAINING_SUBJECTS: subjects_text})
-            mlflow.log_metrics({**cv.metrics, **train_scores, "cv_seconds": cv_seconds, "fit_seconds": fit_seconds})
-            for fold in cv.folds:
-                mlflow.log_metrics({f"fold_{k}": v for k, v in fold.items() if k in ("roc_auc", "balanced_accuracy",
-                                                                                      "f1_target")},
-                                   step=fold["fold"])
-            for path, fig in _figures(cfg, data, cv):
-                mlflow.log_figure(fig, path)
-            with tempfile.TemporaryDirectory() as tmp:
-                doc = {**lineage, "training_subjects": chosen, "features_table_version": version,
-                       "cv": {"scheme": cv.scheme, "folds": cv.folds, **cv.metrics}, "fingerprint": fp}
-                Path(tmp, "lineage.json").write_text(json.dumps(doc, indent=2))
-                Path(tmp, "config.json").write_text(json.dumps(flatten_config(cfg), indent=2, sort_keys=True))
-                mlflow.log_artifacts(tmp, "lineage")
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=model, code_paths=model_code_paths(), signature=model_signature(n_features),
-                input_example=data.X[:3], registered_model_name=cfg.registry.model_name,
-                pip_requirements=_pip_requirements())
-    mv_version = str(info.registered_model_version)
-    for key, value in {**lineage, reg.TAG_FINGERPRINT: fp,
-                       "cv_roc_auc": f"{cv.metrics['cv_roc_auc']:.4f}"}.items():
-        client.set_model_version_tag(cfg.registry.model_name, mv_version, key, value)
+        mv_version, run_id = log_and_register(client, cfg, data, fitted, fp)
     alias_set = stage_set = False
     if alias:
         reg.set_alias(client, cfg, reg.CHALLENGER, mv_version)
         alias_set = True
         stage_set = reg.set_stage(client, cfg, mv_version, "Staging")
-    return TrainResult(version=mv_version, run_id=run.info.run_id, subjects=chosen, features_version=version,
-                       metrics={**cv.metrics, **train_scores, "cv_seconds": cv_seconds, "fit_seconds": fit_seconds},
-                       alias_set=alias_set, stage_set=stage_set, aliases=[reg.CHALLENGER] if alias_set else [])
+    return TrainResult(version=mv_version, run_id=run_id, subjects=chosen, features_version=version,
+                       metrics=fitted.metrics, alias_set=alias_set, stage_set=stage_set,
+                       aliases=[reg.CHALLENGER] if alias_set else [])
 
 
 def main(cfg: Config, args: Any, rep: Reporter) -> int:
