@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "ingest": "pipeline.ingest",
     "preprocess": "pipeline.preprocess",
     "train": "pipeline.train",
+    "compare": "pipeline.compare",
     "deploy": "pipeline.deploy",
     "evaluate": "pipeline.evaluate",
     "score": "pipeline.score",
@@ -105,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="train again even if a version was registered from the same features version, "
                         "subjects and settings")
+
+    p = sub.add_parser("compare", help="leave-one-subject-out comparison of classifier candidates (MLflow run)",
+                       description="Fit every candidate (training.candidates) on all subjects but one, score the "
+                       "left-out one (trialwise and unlabelled-calibration protocols), for every subject; log the "
+                       "per-subject table, mean and min per-subject ROC AUC and a plot to one MLflow run.")
+    p.add_argument("--candidates", metavar="A,B+recenter", default=None,
+                   help="comma-separated classifier[+alignment] names (default training.candidates)")
+    p.add_argument("--subjects", type=_subject_list, default=None, help="only these subjects (default: all)")
+    p.add_argument("--write-conf", metavar="FILE", default=None,
+                   help="write the winner as training.classifier/alignment into this YAML overlay "
+                        "(train with p300 --conf FILE train); default: print the --set arguments")
 
     sub.add_parser("deploy", help="serve the challenger beside the champion (idempotent)")
 

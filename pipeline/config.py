@@ -130,14 +130,13 @@ class Training(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _old_model_key(cls, data: Any) -> Any:
-        """``training.model`` (shrinkage_lda | lda) still works: it names the same pipelines."""
+        """``training.model`` (shrinkage_lda | lda) still works: it names the same pipelines, and wins
+        over ``classifier`` (the packaged defaults set classifier, only a user sets model)."""
         if isinstance(data, dict) and "model" in data:
             data = dict(data)
             old = data.pop("model")
             if old not in _OLD_MODEL_NAMES:
                 raise ValueError(f"training.model {old!r}: use training.classifier (one of lda, lda_plain, xdawn_ts)")
-            if "classifier" in data and data["classifier"] != _OLD_MODEL_NAMES[old]:
-                raise ValueError("training.model is the old name of training.classifier: set only classifier")
             data["classifier"] = _OLD_MODEL_NAMES[old]
         return data
 

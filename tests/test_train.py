@@ -21,7 +21,9 @@ from pipeline import registry as reg
 from pipeline.cli import run
 from pipeline.report import Reporter
 from pipeline.storage import read_table, table_version
-from pipeline.train import (TrainingRefused, arrow_to_arrays, flatten_config, load_features, select_subjects)
+from pipeline.tables import arrow_to_arrays, load_features
+from pipeline.train import TrainingRefused, select_subjects
+from pipeline.training_run import flatten_config
 from synth_features import copy_table, standard_frame, write_features
 
 
@@ -89,7 +91,8 @@ def test_train_registers_challenger_with_lineage_and_predicts_unseen_subjects(sp
 
     run_ = client.get_run(mv.run_id)
     assert run_.info.experiment_id == client.get_experiment_by_name("p300-training").experiment_id
-    assert run_.data.params["training.model"] == "shrinkage_lda"
+    assert run_.data.params["training.classifier"] == "xdawn_ts" == mv.tags[reg.TAG_CLASSIFIER]
+    assert run_.data.params["classifier.xdawn"] == "XdawnCovariances" and mv.tags[reg.TAG_ALIGNMENT] == "none"
     assert run_.data.params["preprocess.baseline"] == "[-0.1, 0.0]"
     assert run_.data.params["cv_scheme"] == "group-3-fold"
     assert run_.info.artifact_uri.startswith((tcfg.local_root / "mlflow" / "artifacts").as_uri())
@@ -306,7 +309,7 @@ def test_plot_functions_write_pngs(tmp_path):
 
 
 def test_erp_channel_falls_back_to_the_largest_difference_when_absent(root):
-    from pipeline.train import _erp_channel
+    from pipeline.training_run import _erp_channel
 
     cfg = make_config(root)  # erp_channel eeg_ch11
     n_times = cfg.preprocess.n_times
