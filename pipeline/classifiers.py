@@ -5,6 +5,10 @@ times), and first reshapes them to epochs (n, channels, times). The number of ti
 channel is the preprocessing configuration's ``n_times`` (the table's layout depends on
 the configuration alone); the channel count is read from the data at fit time.
 
+Pipelines are fitted on "is Target" (1) against the rest (0), whatever the configured
+event ids: scikit-learn's CV helpers re-encode labels to 0..k-1 anyway, and the Target's
+xDAWN prototype is then class 1 everywhere.
+
 ``training.alignment: recenter`` inserts :class:`SubjectRecenter` after the reshape: each
 training subject's epochs are re-centred on that subject's own Riemannian mean epoch
 covariance (Zanini et al. 2018), applied to the signals (x -> M^-1/2 x) so the reference
@@ -27,9 +31,10 @@ from sklearn.preprocessing import StandardScaler
 
 __all__ = ["CLASSIFIERS", "ALIGNMENTS", "Epochs", "Flatten", "SubjectRecenter", "Candidate", "build_classifier",
            "parse_candidate", "classifier_params", "predict_proba_with_reference", "subject_reference",
-           "alignment_of", "fit_params"]
+           "alignment_of", "fit_params", "is_target", "TARGET"]
 
 ALIGNMENTS = ("none", "recenter")
+TARGET = 1  # the class the pipelines learn: 1 = Target epoch, 0 = any other
 RECENTER = "recenter"
 
 
@@ -115,17 +120,17 @@ class SubjectRecenter(TransformerMixin, BaseEstimator):
 
 # ---- the registry ------------------------------------------------------------------------------
 
-def _lda(target: int) -> list[tuple[str, Any]]:
+def _lda() -> list[tuple[str, Any]]:
     # lsqr + Ledoit-Wolf: plain LDA overfits 1000+ features per epoch
     return [("flatten", Flatten()), ("scaler", StandardScaler()),
             ("lda", LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"))]
 
 
-def _lda_plain(target: int) -> list[tuple[str, Any]]:
+def _lda_plain() -> list[tuple[str, Any]]:
     return [("flatten", Flatten()), ("scaler", StandardScaler()), ("lda", LinearDiscriminantAnalysis())]
 
 
-def _xdawn_ts(target: int) -> list[tuple[str, Any]]:
+def _xdawn_ts() -> list[tuple[str, Any]]:
     """xDAWN filters and prototype of the Target response only (the NonTarget prototype adds
     little and doubles the matrices' size); Schaefer-Strimmer shrinkage per epoch, which
     pyRiemann computes for all epochs at once (its lwf and oas loop over epochs in Python,
@@ -133,22 +138,22 @@ def _xdawn_ts(target: int) -> list[tuple[str, Any]]:
     from pyriemann.estimation import XdawnCovariances
     from pyriemann.tangentspace import TangentSpace
 
-    return [("xdawn", XdawnCovariances(nfilter=4, classes=[target], estimator="sch", xdawn_estimator="lwf")),
+    return [("xdawn", XdawnCovariances(nfilter=4, classes=[TARGET], estimator="sch", xdawn_estimator="lwf")),
             ("tangent", TangentSpace(metric="riemann")),
             ("scaler", StandardScaler()),
             ("logreg", LogisticRegression(C=1.0, max_iter=1000))]
 
 
-# name -> (steps after the reshape, given the Target label; one line for --help and tables)
-CLASSIFIERS: dict[str, tuple[Callable[[int], list[tuple[str, Any]]], str]] = {
+# name -> (steps after the reshape, one line for --help and tables)
+CLASSIFIERS: dict[str, tuple[Callable[[], list[tuple[str, Any]]], str]] = {
     "lda": (_lda, "StandardScaler + shrinkage LDA (lsqr, Ledoit-Wolf) on the flattened epoch"),
     "lda_plain": (_lda_plain, "StandardScaler + LDA without shrinkage (the original's model)"),
     "xdawn_ts": (_xdawn_ts, "pyRiemann XdawnCovariances(4 Target filters, sch) + TangentSpace + logistic regression"),
 }
 
 
-def build_classifier(name: str, n_times: int, alignment: str = "none", target: int = 2) -> Pipeline:
-    """The named pipeline over flattened features, unfitted."""
+def build_classifier(name: str, n_times: int, alignment: str = "none") -> Pipeline:
+    """The named pipeline over flattened features, unfitted; fit it on ``is_target(y)``."""
     if name not in CLASSIFIERS:
         raise ValueError(f"training.classifier: unknown classifier {name!r} (one of {', '.join(CLASSIFIERS)})")
     if alignment not in ALIGNMENTS:
@@ -156,7 +161,12 @@ def build_classifier(name: str, n_times: int, alignment: str = "none", target: i
     steps: list[tuple[str, Any]] = [("epochs", Epochs(n_times))]
     if alignment == RECENTER:
         steps.append((RECENTER, SubjectRecenter()))
-    return Pipeline(steps + CLASSIFIERS[name][0](target))
+    return Pipeline(steps + CLASSIFIERS[name][0]())
+
+
+def is_target(y: np.ndarray, target_label: int) -> np.ndarray:
+    """The labels the pipelines learn from: 1 for the configured Target event id, else 0."""
+    return (np.asarray(y) == target_label).astype(np.int64)
 
 
 def fit_params(pipeline: Pipeline, groups: np.ndarray) -> dict[str, np.ndarray]:

@@ -109,9 +109,7 @@ class Preprocess(_Strict):
         return int(floor(round((self.tmax - self.tmin) * self.resample_hz, 6))) + 1
 
 
-# the classifier registry's names (pipeline/classifiers.py; a test keeps the two equal)
-ClassifierName = Literal["lda", "lda_plain", "xdawn_ts"]
-_OLD_MODEL_NAMES = {"shrinkage_lda": "lda", "lda": "lda_plain"}  # training.model before training.classifier
+ClassifierName = Literal["lda", "lda_plain", "xdawn_ts"]  # pipeline/classifiers.py (a test keeps them equal)
 
 
 class Training(_Strict):
@@ -119,7 +117,7 @@ class Training(_Strict):
     min_subjects: int = Field(2, ge=1)
     cv_folds: int = Field(5, ge=2)
     seed: int = 42
-    # model: classifier registry, per-subject alignment, `p300 compare` (issue 18)
+    # model (issue 18): classifier registry, per-subject alignment, `p300 compare`
     classifier: ClassifierName = "xdawn_ts"
     alignment: Literal["none", "recenter"] = "none"
     candidates: list[str] = Field(default_factory=lambda: ["lda", "xdawn_ts", "xdawn_ts+recenter"], min_length=1)
@@ -130,14 +128,10 @@ class Training(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _old_model_key(cls, data: Any) -> Any:
-        """``training.model`` (shrinkage_lda | lda) still works: it names the same pipelines, and wins
-        over ``classifier`` (the packaged defaults set classifier, only a user sets model)."""
+        """The old ``training.model`` (shrinkage_lda | lda) names lda | lda_plain and wins over the default."""
         if isinstance(data, dict) and "model" in data:
-            data = dict(data)
-            old = data.pop("model")
-            if old not in _OLD_MODEL_NAMES:
-                raise ValueError(f"training.model {old!r}: use training.classifier (one of lda, lda_plain, xdawn_ts)")
-            data["classifier"] = _OLD_MODEL_NAMES[old]
+            data = {**data, "classifier": {"shrinkage_lda": "lda", "lda": "lda_plain"}.get(data["model"], data["model"])}
+            data.pop("model")
         return data
 
 

@@ -46,8 +46,8 @@ class P300Model(PythonModel):
         self.target_label = int(target_label)
         self.nontarget_label = int(nontarget_label)
         self.classifier = classifier
-        classes = list(getattr(estimator, "classes_", []))
-        self._target_col = classes.index(target_label) if target_label in classes else 1
+        classes = list(getattr(estimator, "classes_", []))  # pipelines learn is-Target: classes [0, 1]
+        self._target_col = classes.index(target_label) if target_label in classes and classes != [0, 1] else 1
 
     @property
     def alignment(self) -> str:

@@ -23,8 +23,8 @@ import pandas as pd
 from sklearn.metrics import balanced_accuracy_score, f1_score
 from sklearn.model_selection import GroupKFold, LeaveOneGroupOut, cross_val_predict, cross_validate
 
-from pipeline.classifiers import (Candidate, build_classifier, calibration_reference, fit_params,
-                                  predict_proba_with_reference)
+from pipeline.classifiers import (TARGET, Candidate, build_classifier, calibration_reference, fit_params,
+                                  is_target, predict_proba_with_reference)
 from pipeline.metrics import roc_auc, subject_summary
 
 __all__ = ["PROTOCOLS", "CVResult", "Comparison", "scores", "group_cv", "calibration_split", "ProtocolScorer",
@@ -68,9 +68,8 @@ def group_cv(pipeline: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray, fo
     for k, (tr, _) in enumerate(splits):
         if len(np.unique(y[tr])) < 2:
             raise ValueError(f"cross-validation fold {k}: the training part has one class only")
-    proba_all = cross_val_predict(pipeline, X, y, groups=groups, cv=splits, method="predict_proba",
-                                  params=fit_params(pipeline, groups), n_jobs=default_n_jobs(n_splits, n_jobs))
-    proba = proba_all[:, sorted(np.unique(y)).index(target)]
+    proba = cross_val_predict(pipeline, X, is_target(y, target), groups=groups, cv=splits, method="predict_proba",
+                              params=fit_params(pipeline, groups), n_jobs=default_n_jobs(n_splits, n_jobs))[:, TARGET]
     pred = np.where(proba >= 0.5, target, nontarget).astype(np.int64)
     per_fold = [{"fold": k, "test_subjects": sorted(int(s) for s in np.unique(groups[te])),
                  **scores(y[te], proba[te], pred[te], target)} for k, (_, te) in enumerate(splits)]
@@ -93,19 +92,20 @@ class ProtocolScorer:
     Relies on the test fold being one subject in epoch order (LeaveOneGroupOut over rows
     sorted by subject and epoch)."""
 
-    def __init__(self, protocol: str, target: int, calibration_fraction: float = 0.2):
+    def __init__(self, protocol: str, calibration_fraction: float = 0.2):
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r} (one of {', '.join(PROTOCOLS)})")
-        self.protocol, self.target, self.calibration_fraction = protocol, target, calibration_fraction
+        self.protocol, self.calibration_fraction = protocol, calibration_fraction
 
     def __call__(self, estimator: Any, X: np.ndarray, y: np.ndarray) -> float:
-        col = list(estimator.classes_).index(self.target)
+        """``y``: is-Target (1) or not (0), as the pipelines learn it."""
+        col = list(estimator.classes_).index(TARGET)
         if self.protocol == "trialwise":
-            return roc_auc(y == self.target, estimator.predict_proba(X)[:, col])
+            return roc_auc(y == TARGET, estimator.predict_proba(X)[:, col])
         n_cal = calibration_split(len(X), self.calibration_fraction)
         reference = calibration_reference(estimator, X[:n_cal])
         proba = predict_proba_with_reference(estimator, X[n_cal:], reference)[:, col]
-        return roc_auc(y[n_cal:] == self.target, proba)
+        return roc_auc(y[n_cal:] == TARGET, proba)
 
 
 @dataclass
@@ -127,14 +127,15 @@ def compare_candidates(
     subjects = np.unique(groups)
     if len(subjects) < 3:
         raise ValueError(f"a leave-one-subject-out comparison needs at least 3 subjects, got {len(subjects)}")
-    scoring = {p: ProtocolScorer(p, target, calibration_fraction) for p in PROTOCOLS}
+    scoring = {p: ProtocolScorer(p, calibration_fraction) for p in PROTOCOLS}
+    y01 = is_target(y, target)
     rows = []
     t_all = time.perf_counter()
     for i, cand in enumerate(candidates):
         if progress:
             progress(i, len(candidates), cand.name)
-        pipe = build_classifier(cand.classifier, n_times, cand.alignment, target)
-        res = cross_validate(pipe, X, y, groups=groups, cv=LeaveOneGroupOut(), scoring=scoring,
+        pipe = build_classifier(cand.classifier, n_times, cand.alignment)
+        res = cross_validate(pipe, X, y01, groups=groups, cv=LeaveOneGroupOut(), scoring=scoring,
                              params=fit_params(pipe, groups), n_jobs=default_n_jobs(len(subjects), n_jobs),
                              error_score="raise")
         for k, subject in enumerate(subjects):  # LeaveOneGroupOut yields subjects in sorted order

@@ -25,7 +25,7 @@ import numpy as np
 from pyspark.sql import SparkSession
 
 from pipeline import registry as reg
-from pipeline.classifiers import build_classifier, fit_params
+from pipeline.classifiers import build_classifier, fit_params, is_target
 from pipeline.config import Config
 from pipeline.model import P300Model
 from pipeline.report import Reporter
@@ -129,7 +129,7 @@ def fit(cfg: Config, data: FeaturesData, rep: Reporter) -> Fitted:
     """Cross-validate over subjects, then fit the configured pipeline on all of them."""
     t = cfg.training
     target, nontarget = cfg.signal.event_ids.target, cfg.signal.event_ids.nontarget
-    pipeline = build_classifier(t.classifier, cfg.preprocess.n_times, t.alignment, target)
+    pipeline = build_classifier(t.classifier, cfg.preprocess.n_times, t.alignment)
     name = t.classifier + ("" if t.alignment == "none" else f"+{t.alignment}")
     with rep.stage(f"cross-validating {name} over subjects"):
         t0 = time.perf_counter()
@@ -142,7 +142,7 @@ def fit(cfg: Config, data: FeaturesData, rep: Reporter) -> Fitted:
              f"{cv.metrics['cv_balanced_accuracy']:.3f}, F1 Target {cv.metrics['cv_f1_target']:.3f}")
     with rep.stage("fitting the final model on all training subjects"):
         t0 = time.perf_counter()
-        pipeline.fit(data.X, data.y, **fit_params(pipeline, data.groups))
+        pipeline.fit(data.X, is_target(data.y, target), **fit_params(pipeline, data.groups))
         fit_seconds = time.perf_counter() - t0
     model = P300Model(pipeline, data.X.shape[1], target_label=target, nontarget_label=nontarget,
                       classifier=t.classifier)

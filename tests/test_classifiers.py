@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.classifiers import (CLASSIFIERS, Epochs, SubjectRecenter, build_classifier, calibration_reference,
-                                  classifier_params, fit_params, parse_candidate, predict_proba_with_reference,
-                                  subject_reference)
+                                  classifier_params, fit_params, is_target, parse_candidate,
+                                  predict_proba_with_reference, subject_reference)
 from pipeline.config import ClassifierName, ConfigError, load_config
 from pipeline.metrics import per_subject_auc, roc_auc, subject_summary
 from pipeline.model import P300Model, model_signature
@@ -22,10 +22,11 @@ SUBJECTS = (1, 2, 3, 4)
 
 @pytest.fixture(scope="module")
 def data():
-    """Four subjects, 3 minutes, 8 channels at 128 Hz, through the real preprocessing."""
+    """Four subjects, 3 minutes, 8 channels at 128 Hz, through the real preprocessing; labels
+    as the pipelines learn them (1 Target, 0 NonTarget)."""
     frame = features_frame(SUBJECTS, minutes=3.0, n_channels=8, sfreq=128.0)
     X = np.stack([np.asarray(v, dtype=np.float32) for v in frame["features"]])
-    return X, frame["label"].to_numpy(np.int64), frame["subject_id"].to_numpy(np.int64)
+    return X, is_target(frame["label"].to_numpy(np.int64), 2), frame["subject_id"].to_numpy(np.int64)
 
 
 def test_config_names_are_the_registry_names_and_old_model_values_still_work(tmp_path):
@@ -35,7 +36,7 @@ def test_config_names_are_the_registry_names_and_old_model_values_still_work(tmp
     assert load_config(root=str(tmp_path), env={}, overrides={"training.model": "lda"}).training.classifier == "lda_plain"
     with pytest.raises(ConfigError, match="training.classifier"):
         load_config(root=str(tmp_path), env={}, overrides={"training.classifier": "svm"})
-    with pytest.raises(ConfigError, match="use training.classifier"):
+    with pytest.raises(ConfigError, match="training.classifier"):
         load_config(root=str(tmp_path), env={}, overrides={"training.model": "svm"})
 
 
@@ -61,8 +62,8 @@ def test_every_classifier_separates_an_unseen_subject(data, name):
     pipe = build_classifier(name, N_TIMES)
     train = g != 4
     pipe.fit(X[train], y[train], **fit_params(pipe, g[train]))
-    proba = pipe.predict_proba(X[~train])[:, list(pipe.classes_).index(2)]
-    assert roc_auc(y[~train] == 2, proba) > (0.65 if name == "lda_plain" else 0.75)  # plain LDA overfits
+    proba = pipe.predict_proba(X[~train])[:, 1]
+    assert roc_auc(y[~train] == 1, proba) > (0.65 if name == "lda_plain" else 0.75)  # plain LDA overfits
     params = classifier_params(pipe)
     assert params["classifier.epochs.n_times"] == str(N_TIMES)
 
@@ -107,7 +108,7 @@ def test_model_takes_the_reference_or_a_calibration_block_through_params(data):
     train, test = g != 4, g == 4
     pipe = build_classifier("xdawn_ts", N_TIMES, "recenter")
     pipe.fit(X[train], y[train], **fit_params(pipe, g[train]))
-    model = P300Model(pipe, X.shape[1], classifier="xdawn_ts")
+    model = P300Model(pipe, X.shape[1], classifier="xdawn_ts")  # labels out: Target 2, NonTarget 1
     assert model.alignment == "recenter"
     block = X[test][:30]
     ref = calibration_reference(pipe, block)
@@ -124,10 +125,10 @@ def test_model_takes_the_reference_or_a_calibration_block_through_params(data):
 
 def test_group_cv_is_subject_grouped_and_pooled(data):
     X, y, g = data
-    cv = group_cv(build_classifier("lda", N_TIMES), X, y, g, folds=2, target=2, nontarget=1, n_jobs=1)
+    cv = group_cv(build_classifier("lda", N_TIMES), X, y, g, folds=2, target=1, nontarget=0, n_jobs=1)
     assert cv.scheme == "group-2-fold" and len(cv.folds) == 2
     assert sorted(s for f in cv.folds for s in f["test_subjects"]) == list(SUBJECTS)
-    assert cv.metrics["cv_roc_auc"] == pytest.approx(roc_auc(y == 2, cv.oof_proba))
+    assert cv.metrics["cv_roc_auc"] == pytest.approx(roc_auc(y == 1, cv.oof_proba))
     assert np.isfinite(cv.oof_proba).all()
 
 
@@ -137,17 +138,17 @@ def test_calibration_protocol_scores_only_the_epochs_after_the_block(data):
     train, test = g != 4, g == 4
     pipe = build_classifier("lda", N_TIMES).fit(X[train], y[train])
     n_cal = calibration_split(int(test.sum()), 0.2)
-    rest = roc_auc(y[test][n_cal:] == 2, pipe.predict_proba(X[test][n_cal:])[:, 1])
-    assert ProtocolScorer("calibration", 2)(pipe, X[test], y[test]) == pytest.approx(rest)
-    assert ProtocolScorer("trialwise", 2)(pipe, X[test], y[test]) == pytest.approx(
-        roc_auc(y[test] == 2, pipe.predict_proba(X[test])[:, 1]))
+    rest = roc_auc(y[test][n_cal:] == 1, pipe.predict_proba(X[test][n_cal:])[:, 1])
+    assert ProtocolScorer("calibration")(pipe, X[test], y[test]) == pytest.approx(rest)
+    assert ProtocolScorer("trialwise")(pipe, X[test], y[test]) == pytest.approx(
+        roc_auc(y[test] == 1, pipe.predict_proba(X[test])[:, 1]))
 
 
 def test_compare_candidates_leaves_each_subject_out_once(data):
     X, y, g = data
     cands = [parse_candidate(c) for c in ("lda", "xdawn_ts+recenter")]
     seen = []
-    result = compare_candidates(cands, X, y, g, N_TIMES, 2, n_jobs=1, progress=lambda i, n, name: seen.append(name))
+    result = compare_candidates(cands, X, y, g, N_TIMES, 1, n_jobs=1, progress=lambda i, n, name: seen.append(name))
     assert seen == ["lda", "xdawn_ts+recenter", "done"]
     table = result.per_subject
     assert len(table) == len(cands) * len(SUBJECTS) * 2
@@ -161,7 +162,7 @@ def test_compare_candidates_leaves_each_subject_out_once(data):
     best = result.summary[result.summary["protocol"] == "trialwise"].sort_values("roc_auc_subject_mean").iloc[-1]
     assert result.winner == best["candidate"] and result.ranked_by == "trialwise"
     with pytest.raises(ValueError, match="at least 3 subjects"):
-        compare_candidates(cands, X[g < 3], y[g < 3], g[g < 3], N_TIMES, 2)
+        compare_candidates(cands, X[g < 3], y[g < 3], g[g < 3], N_TIMES, 1)
 
 
 def test_per_subject_metrics_skip_undefined_subjects():
