@@ -85,7 +85,7 @@ def test_body_formats_and_params():
 
 
 def test_a_logged_model_carries_only_its_module_and_the_validator(model, tmp_path):
-    """Saved with ``model_code_paths()``, the model directory holds four files of this
+    """Saved with ``model_code_paths()``, the model directory holds five files of this
     package; a fresh interpreter that cannot import the project loads and runs it."""
     import mlflow
 
@@ -94,7 +94,7 @@ def test_a_logged_model_carries_only_its_module_and_the_validator(model, tmp_pat
                              signature=model_signature(N), input_example=np.zeros((1, N), np.float32),
                              pip_requirements=["mlflow"])
     carried = sorted(str(p.relative_to(path / "code")) for p in (path / "code").rglob("*.py"))
-    assert carried == ["pipeline/__init__.py", "pipeline/model.py", "pipeline/serving/__init__.py",
+    assert carried == ["pipeline/__init__.py", "pipeline/classifiers.py", "pipeline/model.py", "pipeline/serving/__init__.py",
                        "pipeline/serving/scoring.py"]
     script = textwrap.dedent(f"""
         import sys
