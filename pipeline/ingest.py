@@ -42,7 +42,9 @@ from pyspark.sql import types as T
 
 from pipeline import storage
 from pipeline.config import Config
+from pipeline.faults import kill_point
 from pipeline.job_progress import job_progress
+from pipeline.locks import root_lock
 from pipeline.report import Reporter
 from udfs import landing, raw_chunks
 from udfs.preprocess import channel_columns
@@ -493,6 +495,7 @@ def ingest(spark: SparkSession, cfg: Config, max_subjects: int | None = None, re
         rows = sum(d.rows or 0 for d in todo)
         with rep.stage(f"writing {len(todo)} subject(s), {rows:,} samples, to raw_eeg"):
             raw_version = _write_raw(spark, cfg, todo, run_id, rep)
+        kill_point(cfg, "ingest.after_raw_commit")
     for d in batch:
         if d.status in OK_STATUSES:
             d.raw_version = raw_version
@@ -504,9 +507,11 @@ def ingest(spark: SparkSession, cfg: Config, max_subjects: int | None = None, re
         elif d.status == "quarantined":
             d.dest = dests.pick(cfg.quarantine_dir, d.info.name, d.ingest_id)
     _append_log(spark, cfg, [d for d in decisions if d.status in OK_STATUSES + ("quarantined",)], run_id, when)
+    kill_point(cfg, "ingest.after_log")
     for d in decisions:
         if d.dest:
             storage.move_file(spark, d.info.path, d.dest)
+            kill_point(cfg, "ingest.after_first_move")
             _progress(rep, d)
     decisions.extend(d for d in named if d.status == "deferred")
     return IngestSummary(run_id, decisions, raw_version)
@@ -533,8 +538,9 @@ def main(cfg: Config, args: Any, rep: Reporter) -> int:
         return 2
     try:
         spark = get_spark(cfg)
-        summary = ingest(spark, cfg, max_subjects=max_subjects,
-                         replace=bool(getattr(args, "replace", False)), rep=rep)
+        with root_lock(cfg, "ingest", rep):  # one ingest per root at a time (pipeline/locks.py)
+            summary = ingest(spark, cfg, max_subjects=max_subjects,
+                             replace=bool(getattr(args, "replace", False)), rep=rep)
     except Exception as exc:  # the job itself could not run: nothing half-done is left behind
         rep.warn(f"ingest failed: {type(exc).__name__}: {exc}")
         return 1

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from pipeline.config import Config, ConfigError
+from pipeline.faults import kill_point
 from pipeline.report import Reporter
 
 __all__ = [
@@ -148,6 +149,7 @@ def main(cfg: Config, args: Any, rep: Reporter) -> int:
                      + (f"; not run: {', '.join(skipped)}" if skipped else ""))
             return code
         rep.info(f"job {name}: task {task.key} done in {timings[-1][1]:.1f}s")
+        kill_point(cfg, f"job.after_{task.key}")
     rep.result(f"job {name}: {len(timings)} task(s) done in {time.perf_counter() - start:.1f}s ("
                + ", ".join(f"{k} {s:.1f}s" for k, s in timings) + ")")
     return 0

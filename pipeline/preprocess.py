@@ -37,7 +37,9 @@ from pyspark.sql import types as T
 from pipeline import storage
 from pipeline.config import Config
 from pipeline.ingest import raw_subject_state
+from pipeline.faults import kill_point
 from pipeline.job_progress import job_progress
+from pipeline.locks import root_lock
 from pipeline.report import Reporter
 from udfs import raw_chunks
 from udfs.preprocess import PreprocessError, Settings, channel_columns, empty_features, run_subject
@@ -273,6 +275,7 @@ def preprocess(spark: SparkSession, cfg: Config, subjects: Sequence[int] | None 
             job_progress(spark, rep, "preprocess", "subjects", len(pending)):
         storage.save(writer, cfg, "features")
     features_version = storage.table_version(spark, cfg, "features")
+    kill_point(cfg, "preprocess.after_features_commit")
     t2 = time.perf_counter()
 
     reported = {s["subject_id"]: s for s in acc.value}
@@ -298,8 +301,9 @@ def main(cfg: Config, args: Any, rep: Reporter) -> int:
 
     try:
         spark = get_spark(cfg)
-        summary = preprocess(spark, cfg, subjects=getattr(args, "subjects", None),
-                             reprocess=bool(getattr(args, "reprocess", False)), rep=rep)
+        with root_lock(cfg, "preprocess", rep):  # one preprocess per root at a time (pipeline/locks.py)
+            summary = preprocess(spark, cfg, subjects=getattr(args, "subjects", None),
+                                 reprocess=bool(getattr(args, "reprocess", False)), rep=rep)
     except Exception as exc:  # the job could not run; Delta left the tables as they were
         rep.warn(f"preprocess failed: {type(exc).__name__}: {exc}")
         return 1

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import Config
+from pipeline.faults import kill_point
 from pipeline.registry import alias_version, clear_alias, mlflow_client, set_alias, set_stage
 from pipeline.registry_names import CHALLENGER, CHAMPION, TAG_COMPARISON, TAG_TARGET, TAG_TARGET_SET, TAG_VERSION
 from pipeline.report import Reporter
@@ -41,11 +42,12 @@ class GateResult:
 
 def latest_comparison(client: MlflowClient, cfg: Config, champion: str, challenger: str) -> dict[str, dict] | None:
     """The newest `evaluate --target both` that compared exactly these two versions:
-    {"champion": run metrics, "challenger": run metrics, "id": comparison id}."""
+    {"champion": run metrics, "challenger": run metrics, "id": comparison id}. Only finished
+    runs count: an evaluation killed mid-way stays RUNNING with part of its metrics."""
     exp = client.get_experiment_by_name(cfg.evaluation.experiment)
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_TARGET_SET}` = 'both'",
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_TARGET_SET}` = 'both' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=200)
     by_comparison: dict[str, dict] = {}
     order: list[str] = []
@@ -108,7 +110,9 @@ def promote(cfg: Config, rep: Reporter, require_better: str | None = None, min_d
         rep.info("no champion yet: the first challenger is promoted without a comparison")
     with rep.stage(f"endpoint {cfg.serving.endpoint_name}: champion -> v{new} (100% traffic)"):
         outcome = apply_served_versions(ws, cfg, {CHAMPION: new}, rep)
+    kill_point(cfg, "promote.after_endpoint")
     set_alias(client, cfg, CHAMPION, new)
+    kill_point(cfg, "promote.after_champion_alias")
     staged = set_stage(client, cfg, new, "Production", archive_existing=True)
     clear_alias(client, cfg, CHALLENGER)
     previous = f"v{champion.version}" if champion is not None else "none"

@@ -27,6 +27,7 @@ from pyspark.sql import SparkSession
 from pipeline import registry as reg
 from pipeline.classifiers import build_classifier, fit_params, is_target
 from pipeline.config import Config
+from pipeline.faults import kill_point
 from pipeline.model import P300Model
 from pipeline.report import Reporter
 from pipeline.subject_cv import group_cv, scores
@@ -225,6 +226,7 @@ def train(
     with rep.stage(f"logging to MLflow experiment {cfg.registry.experiment!r} and registering "
                    f"{cfg.registry.model_name!r}"):
         mv_version, run_id = log_and_register(client, cfg, data, fitted, fp)
+    kill_point(cfg, "train.after_register")  # registered with its tags, alias not yet set
     alias_set = stage_set = False
     if alias:
         reg.set_alias(client, cfg, reg.CHALLENGER, mv_version)

@@ -37,3 +37,8 @@ def root(tmp_path: Path) -> Path:
 def cfg(root: Path) -> Config:
     """Config on a temporary root; its MLflow store is sqlite under that root."""
     return make_config(root)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--all-points", action="store_true", default=False,
+                     help="fault tests (-m faults): every kill point of every job, not only CI's sample")
