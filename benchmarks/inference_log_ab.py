@@ -26,14 +26,17 @@ from pipeline.serving import apply_served_versions, invocation_url, start_local_
 def run(args: argparse.Namespace, register, synthetic, sequential_times, concurrent) -> int:
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="p300-ilog-bench-") as tmp:
+        cap = {"monitoring.max_payload_kb": str(args.log_max_payload_kb)} if args.log_max_payload_kb is not None else {}
         cfgs = {mode: load_config(root=str(Path(tmp) / mode), env={}, overrides={
             "serving.endpoint_name": "bench", "serving.max_body_mb": "256",
-            "monitoring.inference_log": str(mode == "on").lower()}) for mode in ("off", "on")}
+            "monitoring.inference_log": str(mode == "on").lower(), **cap}) for mode in ("off", "on")}
         n_features = args.channels * cfgs["on"].preprocess.n_times
         X, _ = synthetic(args.epochs, n_features, seed=1)
         body = json.dumps({"inputs": X.tolist()}).encode()
         print(f"inference log A/B: {args.epochs} epochs x {n_features} features per request "
-              f"({len(body) / 1e6:.2f} MB); {os.cpu_count()} cores, load average {load0[0]:.2f}", file=sys.stderr)
+              f"({len(body) / 1e6:.2f} MB); request bodies logged: "
+              f"{'all' if not cap else f'up to {args.log_max_payload_kb} KB'}; {os.cpu_count()} cores, "
+              f"load average {load0[0]:.2f}", file=sys.stderr)
         urls = {}
         try:
             for mode, cfg in cfgs.items():
@@ -70,7 +73,8 @@ def run(args: argparse.Namespace, register, synthetic, sequential_times, concurr
     eps = stats["on"]["eps"] / stats["off"]["eps"]
     print(f"\non / off: p50 {p50:.3f}x, throughput {eps:.3f}x; target within 10%: "
           f"p50 {'met' if p50 <= 1.10 else 'MISSED'}, throughput {'met' if eps >= 0.90 else 'MISSED'}")
-    print(f"inference_log rows committed by the 'on' server: {logged}")
+    print(f"inference_log rows committed by the 'on' server: {logged}; request bodies logged: "
+          f"{'all' if args.log_max_payload_kb is None else f'up to {args.log_max_payload_kb} KB (larger: null)'}")
     load1 = os.getloadavg()
     print(f"machine: {os.cpu_count()} cores; load average {load0[0]:.2f} before, {load1[0]:.2f} after")
     return 0

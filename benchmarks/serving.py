@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=16, help="EEG channels (features = channels x 71)")
     parser.add_argument("--inference-log", action="store_true",
                         help="instead: the local endpoint with the inference log on vs off (benchmarks/inference_log_ab.py)")
+    parser.add_argument("--log-max-payload-kb", type=int, default=None, help="with --inference-log: monitoring.max_payload_kb")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.requests, args.seconds, args.channels = 20, 10, 1.0, 4

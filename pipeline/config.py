@@ -40,8 +40,7 @@ class Tables(_Strict):
     features: str = "features"
     preprocess_log: str = "preprocess_log"
     predictions: str = "predictions"
-    # monitoring (pipeline/monitor*.py, docs/monitoring.md); inference_log may name the endpoint's
-    # Databricks payload table (catalog.schema.<prefix>_payload), which deploy then enables
+    # monitoring (docs/monitoring.md); on Databricks inference_log names the endpoint's payload table
     inference_log: str = "inference_log"
     monitor_profile: str = "monitor_profile"
     monitor_drift: str = "monitor_drift"
@@ -213,11 +212,12 @@ class RetrainRule(_Strict):
 
 class Monitoring(_Strict):
     inference_log: bool = True       # the local endpoint server logs every request
-    flush_interval_s: float = Field(1.0, gt=0)  # the log's flusher commits this often (and on a full segment)
-    segment_mb: float = Field(64.0, gt=0)       # write-ahead segment size that triggers an early flush
+    flush_interval_s: float = Field(1.0, gt=0)  # the log's commits; also on a segment_mb segment
+    segment_mb: float = Field(64.0, gt=0)
     fsync: Literal["flush", "request"] = "flush"  # when the write-ahead file is fsynced (docs/monitoring.md)
     window_s: int = Field(3600, ge=1)  # window length (Lakehouse Monitoring granularity)
     lateness_s: float = Field(60.0, ge=0)  # a window is processed once it closed this long ago
+    max_payload_kb: int | None = Field(None, ge=0)  # larger request bodies are logged as null; None: all
     psi_bins: int = Field(10, ge=2)
     experiment: str = "p300-monitoring"
     rule: RetrainRule = Field(default_factory=RetrainRule)

@@ -22,6 +22,7 @@ __all__ = ["monitoring_step", "WINDOW_S"]
 
 WINDOW_S = 2
 BATCH = 32
+PER_WINDOW = 80  # epochs per window
 
 
 def _wait_for_next_window(window_s: int) -> None:
@@ -56,8 +57,12 @@ def monitoring_step(cfg: Config, rep: Reporter, run_step: Callable[[Config, list
     from pipeline.spark import get_spark
     from pipeline.storage import read_table
 
+    # the demo has labels, so its rule reads quality: retrain when the champion's ROC AUC is 0.1
+    # below its cross-validated one in 2 of the last 5 windows (with few subjects, the score
+    # distribution moves from subject to subject too much for score_psi to be the demo's signal)
+    rule = cfg.monitoring.rule.model_copy(update={"metric": "roc_auc_drop", "threshold": 0.1})
     mcfg = cfg.model_copy(update={"monitoring": cfg.monitoring.model_copy(
-        update={"window_s": WINDOW_S, "lateness_s": 0.0})})
+        update={"window_s": WINDOW_S, "lateness_s": 0.0, "rule": rule})})
     drifted = [n + 1, n + 2]
     for argv in (["synth", "--subjects", "2", "--first", str(n + 1), "--minutes", minutes, "--drifted"],
                  ["ingest"], ["preprocess"]):
@@ -67,9 +72,10 @@ def monitoring_step(cfg: Config, rep: Reporter, run_step: Callable[[Config, list
     feats = read_table(spark, cfg, "features")
     known = n  # a subject of the original cohort
     windows, labels, subjects = [], [], []
-    for sid in [known, known, drifted[0], drifted[1], drifted[0]]:
-        part = feats.where(F.col("subject_id") == sid).orderBy("epoch_idx").limit(4 * BATCH) \
+    for sid, half in [(known, 0), (known, 1), (drifted[0], 0), (drifted[1], 0), (drifted[0], 1)]:
+        part = feats.where(F.col("subject_id") == sid).orderBy("epoch_idx") \
             .select("label", F.col("features").cast("array<float>")).toPandas()
+        part = part.iloc[half * PER_WINDOW:(half + 1) * PER_WINDOW]  # each window its own epochs
         windows.append(np.stack(part["features"].to_numpy()).astype(np.float32))
         labels.append(part["label"].to_numpy())
         subjects.append(sid)
