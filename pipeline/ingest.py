@@ -45,6 +45,7 @@ from pipeline.config import Config
 from pipeline.faults import kill_point
 from pipeline.job_progress import job_progress
 from pipeline.locks import root_lock
+from pipeline.storage_errors import explain
 from pipeline.report import Reporter
 from udfs import landing, raw_chunks
 from udfs.preprocess import channel_columns
@@ -542,7 +543,7 @@ def main(cfg: Config, args: Any, rep: Reporter) -> int:
             summary = ingest(spark, cfg, max_subjects=max_subjects,
                              replace=bool(getattr(args, "replace", False)), rep=rep)
     except Exception as exc:  # the job itself could not run: nothing half-done is left behind
-        rep.warn(f"ingest failed: {type(exc).__name__}: {exc}")
+        rep.warn(f"ingest failed: {explain(exc, cfg) or f'{type(exc).__name__}: {exc}'}")
         return 1
     bad = summary.quarantined
     if bad:

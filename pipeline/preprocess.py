@@ -40,6 +40,7 @@ from pipeline.ingest import raw_subject_state
 from pipeline.faults import kill_point
 from pipeline.job_progress import job_progress
 from pipeline.locks import root_lock
+from pipeline.storage_errors import explain
 from pipeline.report import Reporter
 from udfs import raw_chunks
 from udfs.preprocess import PreprocessError, Settings, channel_columns, empty_features, run_subject
@@ -305,7 +306,7 @@ def main(cfg: Config, args: Any, rep: Reporter) -> int:
             summary = preprocess(spark, cfg, subjects=getattr(args, "subjects", None),
                                  reprocess=bool(getattr(args, "reprocess", False)), rep=rep)
     except Exception as exc:  # the job could not run; Delta left the tables as they were
-        rep.warn(f"preprocess failed: {type(exc).__name__}: {exc}")
+        rep.warn(f"preprocess failed: {explain(exc, cfg) or f'{type(exc).__name__}: {exc}'}")
         return 1
     if summary.log:
         rep.table([(r["subject_id"], r["status"], r["n_epochs"], r.get("n_rejected"), r.get("n_events"),
