@@ -151,10 +151,8 @@ class Serving(_Strict):
     scale_to_zero: bool = True
     max_body_mb: float = Field(64, gt=0)
     ready_timeout_s: float = Field(600, gt=0)
-    # serving (cold starts): how long deploy waits for a new endpoint's first build (the SDK
-    # waiter's own default, 20 minutes); the local server's simulated scale-to-zero: after
-    # this many idle seconds a served entity answers 503 + Retry-After for
-    # simulate_cold_start_s seconds (null: never)
+    # cold starts (docs/serving.md): deploy's wait for a first build (the SDK waiter's default);
+    # the local server's simulated scale-to-zero (idle seconds, then 503s for N s; null: never)
     first_build_timeout_s: float = Field(1200, gt=0)
     simulate_cold_start_after_idle_s: float | None = Field(None, ge=0)
     simulate_cold_start_s: float = Field(30, ge=0)
@@ -166,8 +164,7 @@ class Evaluation(_Strict):
     concurrency: int = Field(4, ge=1)
     retries: int = Field(5, ge=0)
     request_timeout_s: float = Field(30.0, gt=0)
-    # serving (cold starts): for this long, 429/503/504 answers that carry Retry-After are
-    # waited out (as the endpoint asks) instead of counting as failed attempts
+    # cold starts: for this long, 429/503/504 with Retry-After are waited out, not counted as retries
     cold_start_window_s: float = Field(600, ge=0)
 
 

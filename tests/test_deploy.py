@@ -20,6 +20,8 @@ from pipeline.deploy import versions_to_serve
 from pipeline.report import Reporter
 from serving_fixtures import for_endpoint, register_gated_version, register_p300_version
 
+pytestmark = pytest.mark.server
+
 N = 8
 
 

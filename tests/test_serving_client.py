@@ -14,7 +14,6 @@ from databricks.sdk.service.serving import (
     TrafficConfig,
 )
 
-from conftest import make_config
 from pipeline.registry import CHALLENGER, CHAMPION
 from pipeline.serving.client import _matches, normalised_config
 from pipeline.serving.routes import Router, desired_routes, even_split
@@ -29,11 +28,6 @@ def endpoint(entities=None, models=None, routes=None) -> ServingEndpointDetailed
 def entity(name, version, size="Small", scale=True, model="p300-classifier") -> ServedEntityOutput:
     return ServedEntityOutput(name=name, entity_name=model, entity_version=version, workload_size=size,
                               scale_to_zero_enabled=scale)
-
-
-@pytest.fixture
-def cfg(tmp_path):
-    return make_config(tmp_path / "lh")
 
 
 WANT = {CHAMPION: "1", CHALLENGER: "2"}

@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from conftest import make_config
 from pipeline import registry as reg
 from pipeline.cli import run
 from pipeline.evaluate import TAG_TARGET_SET
@@ -32,8 +31,7 @@ def _latest_eval(client, cfg):
                               order_by=["attributes.start_time DESC"], max_results=1)[0]
 
 
-def test_evaluate_waits_out_a_cold_start_and_fails_no_batch(spark, root):
-    cfg = make_config(root)
+def test_evaluate_waits_out_a_cold_start_and_fails_no_batch(spark, root, cfg):
     write_features(spark, cfg, features_frame((1, 2, 3, 4), minutes=1.5, n_channels=4, sfreq=128.0))
     client = reg.mlflow_client(cfg)
     try:

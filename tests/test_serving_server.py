@@ -40,6 +40,8 @@ from serving_fixtures import (
     synthetic_epochs,
 )
 
+pytestmark = pytest.mark.server
+
 N = 12  # features per epoch
 WAIT = timedelta(seconds=120)
 
