@@ -21,7 +21,7 @@ import argparse
 
 from pipeline import registry as reg
 from pipeline.config import Config
-from pipeline.registry import CHALLENGER, CHAMPION
+from pipeline.registry_names import CHALLENGER, CHAMPION
 from pipeline.report import Reporter
 from pipeline.serving.client import DeployOutcome, apply_served_versions, workspace_client
 from pipeline.serving.process import ServingError

@@ -14,7 +14,7 @@ from databricks.sdk.service.serving import (
     TrafficConfig,
 )
 
-from pipeline.registry import CHALLENGER, CHAMPION
+from pipeline.registry_names import CHALLENGER, CHAMPION
 from pipeline.serving.client import _matches, normalised_config
 from pipeline.serving.routes import Router, desired_routes, even_split
 

@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Mapping
 
 from pipeline.config import Config
+from pipeline.registry_names import CHALLENGER, CHAMPION
 from pipeline.report import Reporter
 from pipeline.serving.process import ServingError, server_info, start_local_server
 from pipeline.serving.routes import desired_routes
@@ -224,8 +225,6 @@ def apply_served_versions(ws: "WorkspaceClient", cfg: Config, versions: Mapping[
     change retried. Deploy and promote both call this."""
     from databricks.sdk.errors import DatabricksError
     from databricks.sdk.service.serving import EndpointCoreConfigInput, EndpointStateConfigUpdate
-
-    from pipeline.registry import CHALLENGER, CHAMPION
 
     if not versions:
         raise ServingError("nothing to serve: no model versions given")

@@ -45,6 +45,7 @@ class LoadedModel:
     n_features: int | None
     params_schema: Any = None  # mlflow ParamSchema, or None: the model takes no params
     fast_takes_params: bool = False
+    tensor_dtype: Any = None  # numpy dtype of a one-tensor input signature (JSON numbers arrive as float64)
     loaded_at: float = field(default_factory=time.time)
 
 
@@ -60,6 +61,16 @@ def _signature_width(pyfunc: Any) -> int | None:
         shape = schema.inputs[0].shape if len(schema.inputs) == 1 else None
         return int(shape[-1]) if shape and len(shape) == 2 and shape[-1] > 0 else None
     return len(schema.inputs)
+
+
+def _tensor_dtype(pyfunc: Any) -> Any:
+    try:
+        schema = pyfunc.metadata.get_input_schema()
+    except Exception:  # no signature
+        return None
+    if schema is None or not schema.is_tensor_spec() or len(schema.inputs) != 1:
+        return None
+    return schema.inputs[0].type
 
 
 def load_model(entity_name: str, version: str) -> LoadedModel:
@@ -82,7 +93,8 @@ def load_model(entity_name: str, version: str) -> LoadedModel:
         takes_params = "params" in inspect.signature(fast).parameters
     else:
         n_features = _signature_width(pyfunc)
-    model = LoadedModel(entity_name, version, pyfunc, fast, n_features, params_schema, takes_params)
+    model = LoadedModel(entity_name, version, pyfunc, fast, n_features, params_schema, takes_params,
+                        _tensor_dtype(pyfunc))
     if fast is not None:
         fast(np.zeros((1, n_features), dtype=np.float32))
     return model
@@ -146,6 +158,9 @@ def score(model: LoadedModel, body: bytes) -> bytes:
             matrix = scoring.as_matrix(scoring.rows_of(fmt, data), model.n_features, fmt)
         else:
             model_input = scoring.generic_input(fmt, data)
+            if model.tensor_dtype is not None and fmt in ("inputs", "instances"):  # as MLflow's scoring server
+                model_input = scoring.as_matrix(model_input, model.n_features, fmt).astype(model.tensor_dtype,
+                                                                                           copy=False)
     except scoring.InputError as exc:
         raise ApiError(400, "BAD_REQUEST", str(exc)) from None
     if model.fast is not None and (params is None or model.fast_takes_params):

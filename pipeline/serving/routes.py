@@ -8,6 +8,8 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
+from pipeline.registry_names import CHAMPION
+
 __all__ = ["even_split", "desired_routes", "Router"]
 
 
@@ -20,8 +22,6 @@ def even_split(names: Sequence[str]) -> dict[str, int]:
 def desired_routes(names: Sequence[str]) -> dict[str, int]:
     """Champion 100 / challenger 0 when both are served (the challenger is reached through its
     direct URL until promoted); 100 for a single entity; otherwise an even split."""
-    from pipeline.registry import CHAMPION  # at call time: the server routes without importing MLflow
-
     names = list(names)
     if len(names) > 1 and CHAMPION in names:
         return {n: (100 if n == CHAMPION else 0) for n in names}
