@@ -26,7 +26,8 @@ import pyarrow as pa
 from pipeline import registry as reg
 from pipeline.config import load_config
 from pipeline.serving.inference_log import InferenceLog
-from pipeline.model import PACKAGE_DIR, P300Model, build_estimator, model_signature
+from pipeline.model import P300Model, build_estimator, model_signature
+from pipeline.model_code import model_code_paths
 from pipeline.report import Reporter
 
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         model = P300Model(build_estimator().fit(X, y), f)
         with mlflow.start_run(experiment_id=reg.ensure_experiment(client, cfg, cfg.registry.experiment)):
             mlflow.log_params({reg.PARAM_TRAINING_SUBJECTS: "1,2", reg.PARAM_FEATURES_VERSION: 0})
-            info = mlflow.pyfunc.log_model(name="model", python_model=model, code_paths=[PACKAGE_DIR],
+            info = mlflow.pyfunc.log_model(name="model", python_model=model, code_paths=model_code_paths(),
                                            signature=model_signature(f), registered_model_name=cfg.registry.model_name)
         version = str(info.registered_model_version)
 
