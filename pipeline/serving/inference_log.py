@@ -35,20 +35,9 @@ from typing import Any, Callable
 
 from pipeline.monitor_tables import arrow_schema
 
-try:  # the server's own JSON library (pinned); json is the fallback
-    import orjson
+import orjson  # pinned (requirements.txt); the server parses with it too
 
-    def _dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj)
-
-    _loads = orjson.loads
-except ImportError:  # pragma: no cover
-    import json
-
-    def _dumps(obj: Any) -> bytes:
-        return json.dumps(obj).encode()
-
-    _loads = json.loads
+_dumps, _loads = orjson.dumps, orjson.loads
 
 __all__ = ["APP_ID", "InferenceLog", "LoggedRequest", "read_segment", "new_request_id", "WAL_DIR", "open_inference_log",
            "client_request_id"]
