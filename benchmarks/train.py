@@ -149,7 +149,8 @@ def main() -> int:
     from pipeline.report import Reporter
     from pipeline.spark import get_spark
     from pipeline.storage import table_version
-    from pipeline.train import feature_subjects, load_features, train
+    from pipeline.tables import feature_subjects, load_features
+    from pipeline.train import train
 
     spark = get_spark(cfg)
     version = table_version(spark, cfg, "features")

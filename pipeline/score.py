@@ -18,7 +18,8 @@ from pipeline.config import Config, ConfigError
 from pipeline.registry import alias_version, mlflow_client, model_uri
 from pipeline.report import Reporter
 from pipeline.spark import get_spark
-from pipeline.storage import is_catalog_name, read_table, table_exists, table_version
+from pipeline.storage import read_table, table_exists, table_version
+from pipeline.tables import FEATURES, PREDICTIONS, feature_subjects, replace_subjects
 
 __all__ = ["score_features", "main"]
 
@@ -28,7 +29,7 @@ RESULT_TYPE = "probability double, label long"
 def score_features(spark: SparkSession, cfg: Config, version: str, subjects: list[int] | None = None,
                    features_version: int | None = None) -> DataFrame:
     """Predictions for the (selected) epochs of the features table, lazily, as a DataFrame."""
-    features = read_table(spark, cfg, "features", features_version)
+    features = read_table(spark, cfg, FEATURES, features_version)
     if subjects:
         features = features.where(F.col("subject_id").isin(subjects))
     predict = mlflow.pyfunc.spark_udf(spark, model_uri(cfg, version), result_type=RESULT_TYPE, env_manager="local")
@@ -47,35 +48,26 @@ def score_features(spark: SparkSession, cfg: Config, version: str, subjects: lis
     )
 
 
-def _write(spark: SparkSession, cfg: Config, frame: DataFrame, version: int, subjects: list[int]) -> None:
-    location = cfg.table("predictions")
-    condition = f"model_version = {version} AND subject_id IN ({', '.join(str(s) for s in subjects)})"
-    writer = frame.write.format("delta").partitionBy("model_version")
-    if table_exists(spark, cfg, "predictions"):
-        writer = writer.mode("overwrite").option("replaceWhere", condition)
-    else:
-        writer = writer.mode("overwrite")
-    writer.saveAsTable(location) if is_catalog_name(location) else writer.save(location)
-
-
 def main(cfg: Config, args: argparse.Namespace, rep: Reporter) -> int:
     client = mlflow_client(cfg)
     mv = alias_version(client, cfg, args.alias)
     if mv is None:
         raise ConfigError(f"no version of {cfg.registry.model_name!r} has alias {args.alias!r}")
     spark = get_spark(cfg)
-    if not table_exists(spark, cfg, "features"):
-        raise ConfigError(f"no features table at {cfg.table('features')}: run `p300 preprocess` first")
-    fversion = table_version(spark, cfg, "features")
-    available = sorted(r[0] for r in read_table(spark, cfg, "features", fversion).select("subject_id").distinct().collect())
+    if not table_exists(spark, cfg, FEATURES):
+        raise ConfigError(f"no features table at {cfg.table(FEATURES)}: run `p300 preprocess` first")
+    fversion = table_version(spark, cfg, FEATURES)
+    available = feature_subjects(spark, cfg, fversion)
     subjects = args.subjects or available
     unknown = sorted(set(subjects) - set(available))
     if unknown:
         raise ConfigError(f"--subjects: no features for subjects {unknown} (processed: {available})")
     with rep.stage(f"scoring {len(subjects)} subjects with {cfg.registry.model_name} v{mv.version} (@{args.alias})"):
         frame = score_features(spark, cfg, mv.version, subjects, fversion)
-        _write(spark, cfg, frame, int(mv.version), subjects)
-    summary = (read_table(spark, cfg, "predictions")
+        # re-scoring the same subjects with the same version replaces their rows
+        replace_subjects(cfg, frame, PREDICTIONS, subjects, where=f"model_version = {int(mv.version)}",
+                         partition_by=("model_version",))
+    summary = (read_table(spark, cfg, PREDICTIONS)
                .where((F.col("model_version") == int(mv.version)) & F.col("subject_id").isin(subjects))
                .groupBy("subject_id")
                .agg(F.count("*").alias("epochs"), F.sum((F.col("label") == F.col("true_label")).cast("int")).alias("correct"),
@@ -83,5 +75,5 @@ def main(cfg: Config, args: argparse.Namespace, rep: Reporter) -> int:
                .orderBy("subject_id").collect())
     rep.table([(r.subject_id, r.epochs, r.predicted_targets, r.correct / r.epochs) for r in summary],
               ["subject", "epochs", "predicted targets", "accuracy"],
-              title=f"score: v{mv.version} -> {cfg.table('predictions')} (features version {fversion})")
+              title=f"score: v{mv.version} -> {cfg.table(PREDICTIONS)} (features version {fversion})")
     return 0

@@ -15,7 +15,7 @@ from pyspark.sql import SparkSession
 from pipeline.config import Config
 from pipeline.synth import synth_subject
 
-from pipeline.preprocess import FEATURES_SCHEMA
+from pipeline.tables import FEATURES_SCHEMA
 
 
 @lru_cache(maxsize=4)

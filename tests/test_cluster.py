@@ -28,7 +28,7 @@ from conftest import make_config
 
 from pipeline import jobs
 from pipeline.cli import build_parser
-from pipeline.ingest import raw_samples
+from pipeline.tables import raw_samples
 from pipeline.report import Reporter
 from pipeline.submit import code_archive, spark_home, submit_command, submit_env
 from pipeline.synth import synth_landing_zone

@@ -1,8 +1,5 @@
-"""Readers of the features table for the jobs that learn from it (train, compare, evaluate).
-
-Brings the epochs of chosen subjects at one Delta version to the driver as one float32
-matrix through Arrow (``DataFrame.toArrow``: columnar batches, no Python Rows).
-"""
+"""Readers of the features table at one Delta version: its subjects, and their epochs as
+one float32 matrix on the driver (train and evaluate both need exactly this)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,11 +10,15 @@ import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from pipeline import storage
 from pipeline.config import Config
+from pipeline.tables.schemas import FEATURES
 
-__all__ = ["FEATURES", "FeaturesData", "feature_subjects", "arrow_to_arrays", "load_features"]
+__all__ = ["FeaturesData", "FeaturesUnusable", "feature_subjects", "arrow_to_arrays", "load_features"]
 
-FEATURES = "features"
+
+class FeaturesUnusable(ValueError):
+    """The features cannot form one matrix (ragged or null vectors); the message says where."""
 
 
 @dataclass
@@ -36,9 +37,7 @@ class FeaturesData:
 
 def feature_subjects(spark: SparkSession, cfg: Config, version: int) -> list[int]:
     """Subject ids present in the features table at ``version`` (partition values: cheap)."""
-    from pipeline.storage import read_table
-
-    rows = read_table(spark, cfg, FEATURES, version=version).select("subject_id").distinct().collect()
+    rows = storage.read_table(spark, cfg, FEATURES, version=version).select("subject_id").distinct().collect()
     return sorted(int(r[0]) for r in rows)
 
 
@@ -49,7 +48,7 @@ def arrow_to_arrays(table: pa.Table, n_features: int | None = None) -> tuple[np.
     n = table.num_rows
     col = table.column("features")
     if col.null_count:
-        raise ValueError(f"features table: {col.null_count} epoch(s) have a null feature vector")
+        raise FeaturesUnusable(f"features table: {col.null_count} epoch(s) have a null feature vector")
     if n_features is None:
         first = next((c for c in col.chunks if len(c)), None)
         n_features = int(pc.list_value_length(first)[0].as_py()) if first is not None else 0
@@ -61,12 +60,12 @@ def arrow_to_arrays(table: pa.Table, n_features: int | None = None) -> tuple[np.
         lengths = pc.list_value_length(chunk)
         lo, hi = pc.min_max(lengths).values()
         if lo.as_py() != n_features or hi.as_py() != n_features:
-            raise ValueError(
+            raise FeaturesUnusable(
                 f"features table: vectors of different lengths ({lo.as_py()}..{hi.as_py()}, expected {n_features}); "
                 "reprocess the subjects with one configuration")
         flat = chunk.flatten()
         if flat.null_count:
-            raise ValueError("features table: feature vectors contain nulls")
+            raise FeaturesUnusable("features table: feature vectors contain nulls")
         X[row:row + len(chunk)] = flat.to_numpy(zero_copy_only=False).reshape(len(chunk), n_features)
         row += len(chunk)
 
@@ -77,11 +76,11 @@ def arrow_to_arrays(table: pa.Table, n_features: int | None = None) -> tuple[np.
 
 
 def load_features(spark: SparkSession, cfg: Config, subjects: list[int], version: int) -> FeaturesData:
-    """The subjects' epochs at one table version, ordered by (subject, epoch); ValueError
-    (naming the table and version) when the vectors cannot form one matrix."""
-    from pipeline.storage import read_table
+    """The selected subjects' epochs at one table version, ordered by (subject, epoch).
 
-    frame = (read_table(spark, cfg, FEATURES, version=version)
+    Through Arrow (``DataFrame.toArrow``: columnar batches, no Python Rows; Spark Connect
+    sends Arrow batches too). Raises FeaturesUnusable, naming the table and version."""
+    frame = (storage.read_table(spark, cfg, FEATURES, version=version)
              .where(F.col("subject_id").isin([int(s) for s in subjects]))
              .select(F.col("subject_id").cast("int"), F.col("epoch_idx").cast("int"),
                      F.col("label").cast("int"), F.col("features").cast("array<float>"))
@@ -89,8 +88,8 @@ def load_features(spark: SparkSession, cfg: Config, subjects: list[int], version
     table = frame.toArrow()
     try:
         X, y, groups, epochs = arrow_to_arrays(table)
-    except ValueError as exc:
-        raise ValueError(f"{cfg.table(FEATURES)} version {version}: {exc}") from None
+    except FeaturesUnusable as exc:
+        raise FeaturesUnusable(f"{cfg.table(FEATURES)} version {version}: {exc}") from None
     del table
     order = np.lexsort((epochs, groups))
     if np.any(order != np.arange(len(order))):  # toArrow keeps Spark's order; this is a guard
