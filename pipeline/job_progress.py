@@ -6,6 +6,10 @@ body of ``job_progress`` runs, a daemon thread asks Spark's status tracker about
 jobs of a job group of its own every ``rep.progress_every_s`` seconds and reports each change
 (``[p300] preprocess: 7/20 subjects done (12 s)``); the count at the end is always
 reported. It reads Spark's bookkeeping only, never the data.
+
+Over Spark Connect there is no status tracker and no job group; the server streams each
+operation's stages with their task counts instead, and a progress handler
+(``SparkSession.registerProgressHandler``) reads the same count from them.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from typing import Iterator
 from pyspark.sql import SparkSession
 
 from pipeline.report import Reporter
+from pipeline.spark import is_classic
 
 __all__ = ["job_progress", "tasks_done"]
 
@@ -50,6 +55,10 @@ def job_progress(spark: SparkSession, rep: Reporter, what: str, unit: str, total
     """Report ``what: done/total unit done`` while the body's Spark jobs run (see the module docstring)."""
     if rep.quiet or total <= 1:
         yield
+        return
+    if not is_classic(spark):
+        with _connect_progress(spark, rep, what, unit, total):
+            yield
         return
     sc = spark.sparkContext
     group = f"p300-progress-{uuid.uuid4().hex[:12]}"
@@ -86,3 +95,30 @@ def job_progress(spark: SparkSession, rep: Reporter, what: str, unit: str, total
         report(running_only=False)
     except Exception as exc:  # noqa: BLE001 - the job has succeeded; a failed progress line must not say otherwise
         rep.warn(f"{what}: no final progress count ({type(exc).__name__}: {exc}); the job itself succeeded")
+
+
+@contextmanager
+def _connect_progress(spark: SparkSession, rep: Reporter, what: str, unit: str, total: int) -> Iterator[None]:
+    """The Spark Connect variant: stages of ``total`` tasks as the server reports them."""
+    start = time.perf_counter()
+    said, last = [-1], [0.0]
+    best: dict[int, int] = {}  # stage id -> tasks completed
+
+    def handler(stages, inflight_tasks, operation_id, done):  # noqa: ANN001 - pyspark's ProgressHandler
+        for stage in stages or ():
+            if stage.num_tasks == total:
+                best[stage.stage_id] = max(best.get(stage.stage_id, 0), stage.num_completed_tasks)
+        now = time.perf_counter()
+        count = max(best.values(), default=-1)
+        if count > said[0] and now - last[0] >= rep.progress_every_s:
+            said[0], last[0] = count, now
+            rep.progress(count, total, what, unit, now - start)
+
+    spark.registerProgressHandler(handler)
+    try:
+        yield
+    finally:
+        spark.removeProgressHandler(handler)
+    count = max(best.values(), default=None)
+    if count is not None and count > said[0]:
+        rep.progress(count, total, what, unit, time.perf_counter() - start)

@@ -19,7 +19,6 @@ half-written file. A JVM that cannot use it (another JDK) starts without it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import subprocess
 import sys
@@ -28,41 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.class_archive import QUIET as _QUIET, archive_path
 from pipeline.config import Config, ConfigError
 from pipeline.report import Reporter
 
-__all__ = ["archive_path", "archive_options", "build", "other_archives", "main"]
-
-# the JVM reports a missing or unusable archive, and every class it skips while dumping, on stdout
-_QUIET = "-Xshare:auto -Xlog:cds=off -Xlog:cds+dynamic=off"
-
-
-def _environment_key(cfg: Config) -> str:
-    import pyspark
-
-    from pipeline.spark import delta_artifact, delta_jar_paths
-
-    jars = sorted(Path(pyspark.__file__).parent.joinpath("jars").glob("*.jar"))
-    delta = [Path(j) for j in delta_jar_paths(cfg)]
-    # the JVM refuses an archive when any jar's size or modification time differs from the
-    # build's (a reinstalled environment has the same jars with new times), so both are in the key
-    parts = [pyspark.__version__, delta_artifact(cfg),
-             *(f"{j}:{j.stat().st_size}:{int(j.stat().st_mtime)}" for j in [*jars, *delta])]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def archive_path(cfg: Config) -> Path | None:
-    """Where this environment's archive lives (whether or not it exists); None when disabled."""
-    if not cfg.spark.class_archive_dir:
-        return None
-    return Path(cfg.spark.class_archive_dir).expanduser() / f"p300-{_environment_key(cfg)}.jsa"
-
-
-def archive_options(cfg: Config) -> str | None:
-    """The driver JVM options that map this environment's archive, when there is one."""
-    path = archive_path(cfg)
-    return f"-XX:SharedArchiveFile={path} {_QUIET}" if path is not None and path.is_file() else None
-
+__all__ = ["build", "other_archives", "main"]
 
 def build(cfg: Config, rebuild: bool = False, rep: Reporter | None = None) -> Path:
     """Build the archive in a child process (see the module docstring); returns its path."""

@@ -12,8 +12,9 @@ none are given) regardless. The whole batch is ONE Spark job:
       -> features: overwrite replaceWhere subject_id IN (pending)   (ONE atomic commit)
 
 Each subject's status (ok / empty / failed, with the reason and counts) comes back to
-the driver through an accumulator, so a failing subject never fails the job and the
-others' features are still written; then one preprocess_log commit records every
+the driver as an observed metric of the same job (a status row per subject that the
+write filters out; classic and Spark Connect sessions alike), so a failing subject never
+fails the job and the others' features are still written; then one preprocess_log commit records every
 subject with the raw table version ``v`` and the features version it produced. A crash
 before that log commit only means the next run recomputes those subjects, and the
 replaceWhere overwrite replaces their rows instead of duplicating them.
@@ -29,54 +30,23 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from pyspark.accumulators import AccumulatorParam
-from pyspark.sql import SparkSession
+from pyspark.sql import Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipeline import storage
 from pipeline.config import Config
-from pipeline.ingest import raw_subject_state
 from pipeline.faults import kill_point
 from pipeline.job_progress import job_progress
 from pipeline.locks import root_lock
 from pipeline.storage_errors import explain
 from pipeline.report import Reporter
+from pipeline.tables import (FEATURES, FEATURES_SCHEMA, FEATURES_TABLE_PROPERTIES, PREPROCESS_LOG, PREPROCESS_LOG_SCHEMA,
+                             RAW_EEG, append_rows, latest_per_key, log_rows, raw_subject_state, replace_subjects)
 from udfs import raw_chunks
 from udfs.preprocess import PreprocessError, Settings, channel_columns, empty_features, run_subject
 
-__all__ = ["FEATURES_SCHEMA", "PREPROCESS_LOG_SCHEMA", "FEATURES_TABLE_PROPERTIES", "PreprocessSummary",
-           "preprocess", "pending_subjects", "spark_partition_hash", "balanced_partitions", "shuffle_conf", "main"]
-
-FEATURES_SCHEMA = T.StructType([
-    T.StructField("subject_id", T.IntegerType(), False),
-    T.StructField("epoch_idx", T.IntegerType(), False),
-    T.StructField("event_sample", T.LongType(), False),
-    T.StructField("label", T.IntegerType(), False),
-    T.StructField("features", T.ArrayType(T.FloatType(), False), False),
-])
-
-PREPROCESS_LOG_SCHEMA = T.StructType([
-    T.StructField("subject_id", T.IntegerType(), False),
-    T.StructField("status", T.StringType(), False),        # ok | empty | failed
-    T.StructField("reason", T.StringType(), True),
-    T.StructField("n_samples", T.LongType(), True),
-    T.StructField("n_channels", T.IntegerType(), True),
-    T.StructField("sfreq", T.DoubleType(), True),
-    T.StructField("n_events", T.IntegerType(), True),
-    T.StructField("n_out_of_bounds", T.IntegerType(), True),
-    T.StructField("n_rejected", T.IntegerType(), True),
-    T.StructField("n_epochs", T.IntegerType(), False),
-    T.StructField("ingest_id", T.StringType(), False),
-    T.StructField("raw_version", T.LongType(), False),
-    T.StructField("features_version", T.LongType(), True),
-    T.StructField("seconds", T.DoubleType(), True),
-    T.StructField("run_id", T.StringType(), False),
-    T.StructField("time", T.TimestampType(), False),
-])
-
-# Statistics on the scalar columns only: for the array column Delta would keep just a null count.
-FEATURES_TABLE_PROPERTIES = {"delta.dataSkippingStatsColumns": "epoch_idx,event_sample,label"}
+__all__ = ["PreprocessSummary", "preprocess", "pending_subjects", "spark_partition_hash", "balanced_partitions", "shuffle_conf", "main"]
 
 # Per-job settings. Parquet's dictionary encoding of the float features was a tenth of the
 # job's CPU in a profile (hashing ~1M distinct floats per subject, then falling back to
@@ -84,13 +54,11 @@ FEATURES_TABLE_PROPERTIES = {"delta.dataSkippingStatsColumns": "epoch_idx,event_
 JOB_CONF = {"parquet.enable.dictionary": "false"}
 
 
-class _ListParam(AccumulatorParam):
-    def zero(self, value: list) -> list:
-        return []
-
-    def addInPlace(self, a: list, b: list) -> list:
-        a.extend(b)
-        return a
+# Each subject's task emits one status row besides its epochs (epoch_idx -1, its status as JSON
+# in _STATUS): an observed metric collects those rows from the same job (DataFrame.observe,
+# which Spark Connect carries too, unlike an accumulator), and they never reach the table.
+_STATUS = "_p300_status"
+_OUTPUT_SCHEMA = T.StructType([*FEATURES_SCHEMA.fields, T.StructField(_STATUS, T.StringType(), True)])
 
 
 @dataclass
@@ -109,13 +77,8 @@ class PreprocessSummary:
 # ---- which subjects, and how to spread them over tasks ------------------------------------------
 
 def _latest_log(spark: SparkSession, cfg: Config) -> dict[int, dict[str, Any]]:
-    if not storage.table_exists(spark, cfg, "preprocess_log"):
-        return {}
-    rows = storage.read_table(spark, cfg, "preprocess_log").select("subject_id", "ingest_id", "status", "time").collect()
-    latest: dict[int, dict[str, Any]] = {}
-    for r in sorted(rows, key=lambda r: r.time):
-        latest[int(r.subject_id)] = r.asDict()
-    return latest
+    rows = log_rows(spark, cfg, PREPROCESS_LOG, ("subject_id", "ingest_id", "status", "time"))
+    return {int(k): v for k, v in latest_per_key(rows, "subject_id").items()}
 
 
 def pending_subjects(current: dict[int, tuple[str, float]], done: dict[int, dict[str, Any]],
@@ -199,8 +162,13 @@ def _as_python_lists(features: pd.DataFrame) -> pd.DataFrame:
     return features.assign(features=[row.tolist() for row in features["features"]])
 
 
-def _subject_function(base: Settings, info: dict[int, tuple[str, float]], acc: Any):
-    """The function applyInPandas runs per subject: never raises, reports its status."""
+def _status_row(status: dict[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame({"subject_id": [status["subject_id"]], "epoch_idx": [-1], "event_sample": [0], "label": [0],
+                         "features": [[]], _STATUS: [json.dumps(status)]})
+
+
+def _subject_function(base: Settings, info: dict[int, tuple[str, float]]):
+    """The function applyInPandas runs per subject: never raises; its epochs, then its status row."""
     def apply(raw: pd.DataFrame) -> pd.DataFrame:
         sid = int(raw["subject_id"].iloc[0])
         ingest_id, sfreq = info[sid]
@@ -218,8 +186,7 @@ def _subject_function(base: Settings, info: dict[int, tuple[str, float]], acc: A
         except Exception as exc:  # noqa: BLE001 - isolate the subject, keep the job going
             status.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
         status["seconds"] = time.perf_counter() - t0
-        acc.add([status])
-        return out
+        return pd.concat([out.assign(**{_STATUS: None}), _status_row(status)], ignore_index=True)
     return apply
 
 
@@ -229,10 +196,10 @@ def preprocess(spark: SparkSession, cfg: Config, subjects: Sequence[int] | None 
     rep = rep or Reporter(quiet=True)
     run_id = uuid.uuid4().hex[:12]
     t0 = time.perf_counter()
-    raw_version = storage.table_version(spark, cfg, "raw_eeg")
+    raw_version = storage.table_version(spark, cfg, RAW_EEG)
     if raw_version is None:
         rep.info("raw_eeg does not exist yet: run `p300 ingest` first")
-        return PreprocessSummary(run_id, None, storage.table_version(spark, cfg, "features"), [])
+        return PreprocessSummary(run_id, None, storage.table_version(spark, cfg, FEATURES), [])
     current = raw_subject_state(spark, cfg, raw_version)
     if subjects is not None:
         unknown = sorted(set(subjects) - set(current))
@@ -242,24 +209,25 @@ def preprocess(spark: SparkSession, cfg: Config, subjects: Sequence[int] | None 
     pending = pending_subjects(current, done, subjects, reprocess)
     if not pending:
         rep.info(f"nothing to preprocess: {len(current)} subject(s) in raw_eeg v{raw_version} are up to date")
-        return PreprocessSummary(run_id, raw_version, storage.table_version(spark, cfg, "features"), [],
+        return PreprocessSummary(run_id, raw_version, storage.table_version(spark, cfg, FEATURES), [],
                                  up_to_date=len(current))
     info = {s: current[s] for s in pending}
     rep.info(f"preprocessing {len(pending)} subject(s) from raw_eeg v{raw_version}: "
              f"{', '.join(map(str, pending[:20]))}{' ...' if len(pending) > 20 else ''}")
 
-    raw = storage.read_table(spark, cfg, "raw_eeg", raw_version)
+    raw = storage.read_table(spark, cfg, RAW_EEG, raw_version)
     chans = channel_columns(raw.columns, cfg.signal.channel_prefix)
     n_parts = balanced_partitions(pending)
-    acc = spark.sparkContext.accumulator([], _ListParam())
-    base = Settings.from_config(cfg)
+    base = Settings.from_config(cfg).with_fir()  # MNE designs the filter here, once: executors get its taps
     chunked = raw_chunks.is_chunked(raw)  # else an old per-sample raw_eeg
-    features = (raw.where(F.col("subject_id").isin(pending))
-                .select("subject_id", "sample_idx", *(["n_samples"] if chunked else []),
-                        *chans, cfg.signal.stim_column)
-                .groupBy("subject_id")
-                .applyInPandas(_subject_function(base, info, acc), FEATURES_SCHEMA))
-    storage.create_table(spark, cfg, "features", FEATURES_SCHEMA, ["subject_id"], FEATURES_TABLE_PROPERTIES)
+    observed = Observation("p300_preprocess_statuses")
+    output = (raw.where(F.col("subject_id").isin(pending))
+              .select("subject_id", "sample_idx", *(["n_samples"] if chunked else []),
+                      *chans, cfg.signal.stim_column)
+              .groupBy("subject_id")
+              .applyInPandas(_subject_function(base, info), _OUTPUT_SCHEMA)
+              .observe(observed, F.collect_list(_STATUS).alias("statuses")))
+    features = output.where(F.col(_STATUS).isNull()).drop(_STATUS)
     # bounded batches of chunk rows, from the Parquet reader and to Python (a long recording
     # is one group, but never one batch)
     job_conf = {**JOB_CONF, **shuffle_conf(n_parts)}
@@ -268,18 +236,16 @@ def preprocess(spark: SparkSession, cfg: Config, subjects: Sequence[int] | None 
         job_conf.update({"spark.sql.parquet.columnarReaderBatchSize": rows,
                          "spark.sql.execution.arrow.maxRecordsPerBatch": rows})
     meta = {"op": "p300 preprocess", "run_id": run_id, "raw_version": raw_version, "subjects": pending}
-    writer = (features.write.format("delta").mode("overwrite")
-              .option("replaceWhere", f"subject_id IN ({', '.join(map(str, pending))})")
-              .option("userMetadata", json.dumps(meta)))
     t1 = time.perf_counter()
-    with rep.stage(f"applyInPandas over {len(pending)} subject(s) -> features"), storage.session_conf(spark, job_conf), \
+    with rep.stage(f"applyInPandas over {len(pending)} subject(s) -> features"), \
             job_progress(spark, rep, "preprocess", "subjects", len(pending)):
-        storage.save(writer, cfg, "features")
-    features_version = storage.table_version(spark, cfg, "features")
+        replace_subjects(cfg, features, FEATURES, pending, schema=FEATURES_SCHEMA,
+                         properties=FEATURES_TABLE_PROPERTIES, metadata=meta, conf=job_conf)
+    features_version = storage.table_version(spark, cfg, FEATURES)
     kill_point(cfg, "preprocess.after_features_commit")
     t2 = time.perf_counter()
 
-    reported = {s["subject_id"]: s for s in acc.value}
+    reported = {s["subject_id"]: s for s in map(json.loads, observed.get["statuses"])}
     when = datetime.now(timezone.utc).replace(tzinfo=None)
     log = []
     for sid in pending:
@@ -287,10 +253,8 @@ def preprocess(spark: SparkSession, cfg: Config, subjects: Sequence[int] | None 
                                   "status": "failed", "reason": "no status reported by the task", "n_epochs": 0}
         log.append({**{f.name: None for f in PREPROCESS_LOG_SCHEMA}, **s, "raw_version": raw_version,
                     "features_version": features_version, "run_id": run_id, "time": when})
-    storage.create_table(spark, cfg, "preprocess_log", PREPROCESS_LOG_SCHEMA)
     rows = [tuple(r[f.name] for f in PREPROCESS_LOG_SCHEMA) for r in log]
-    storage.save(spark.createDataFrame(rows, PREPROCESS_LOG_SCHEMA).write.format("delta").mode("append"),
-                 cfg, "preprocess_log")
+    append_rows(cfg, spark.createDataFrame(rows, PREPROCESS_LOG_SCHEMA), PREPROCESS_LOG)
     timings = {"plan": t1 - t0, "job": t2 - t1, "log": time.perf_counter() - t2}
     return PreprocessSummary(run_id, raw_version, features_version, log, up_to_date=len(current) - len(pending),
                              timings=timings)

@@ -10,40 +10,14 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from pipeline.class_archive import archive_options
 from pipeline.config import Config, SparkConf as SparkSettings  # pyspark has a SparkConf too
+from pipeline.delta_jars import delta_artifact, delta_jar_paths
 
 __all__ = ["get_spark", "delta_artifact", "delta_jar_paths", "driver_java_options", "spark_conf_pairs", "C1_ONLY"]
-
-SCALA = "2.13"
-
-
-def delta_artifact(cfg: Config) -> str:
-    """Maven coordinate of the Delta jar matching the installed pyspark."""
-    import pyspark
-
-    major_minor = ".".join(pyspark.__version__.split(".")[:2])
-    return f"io.delta:delta-spark_{major_minor}_{SCALA}:{cfg.spark.delta_version}"
-
-
-def delta_jar_paths(cfg: Config, m2: Path | None = None) -> list[str]:
-    """Explicit jars from config, else Delta's jars in the local Maven repo, else []."""
-    if cfg.spark.delta_jars:
-        missing = [j for j in cfg.spark.delta_jars if not Path(j).exists()]
-        if missing:
-            raise FileNotFoundError(f"spark.delta_jars: not found: {', '.join(missing)}")
-        return list(cfg.spark.delta_jars)
-    m2 = m2 or Path.home() / ".m2" / "repository"
-    _, artifact, version = delta_artifact(cfg).split(":")
-    jars = [
-        m2 / "io" / "delta" / artifact / version / f"{artifact}-{version}.jar",
-        m2 / "io" / "delta" / "delta-storage" / version / f"delta-storage-{version}.jar",
-    ]
-    return [str(j) for j in jars] if all(j.exists() for j in jars) else []
-
 
 # C1-only shrinks the code cache from 240 MB to 48 MB, and a long process filled that: the JVM then
 # disables its JIT and runs everything interpreted. So C1-only gets the tiered default's size back.
@@ -87,8 +61,6 @@ def spark_conf_pairs(cfg: Config, for_tests: bool = False, class_archive: bool =
         conf["spark.driver.memory"] = cfg.spark.driver_memory
     options = [driver_java_options(cfg.spark, cores)]
     if class_archive:  # only for a driver JVM started here (get_spark): the archive is a file on this machine
-        from pipeline.jvm_archive import archive_options
-
         options.append(archive_options(cfg))
     java_options = " ".join(o for o in options if o)
     if java_options:
@@ -102,7 +74,10 @@ def spark_conf_pairs(cfg: Config, for_tests: bool = False, class_archive: bool =
 
 
 def get_spark(cfg: Config, for_tests: bool = False) -> SparkSession:
-    """The active session if there is one, otherwise a local Delta-enabled session."""
+    """The active session if there is one, otherwise a local Delta-enabled session; a Spark
+    Connect session when ``spark.remote`` is set."""
+    if cfg.spark.remote:
+        return SparkSession.builder.remote(cfg.spark.remote).appName(cfg.spark.app_name).getOrCreate()
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
@@ -118,3 +93,10 @@ def get_spark(cfg: Config, for_tests: bool = False) -> SparkSession:
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(cfg.spark.log_level)
     return session
+
+
+def is_classic(spark: SparkSession) -> bool:
+    """A session with a JVM in this process (local, spark-submit, a classic cluster), as
+    opposed to a Spark Connect client (serverless, shared clusters, ``spark.remote``):
+    only a classic one has ``sparkContext``, ``_jvm``, accumulators and the status tracker."""
+    return not type(spark).__module__.startswith("pyspark.sql.connect")

@@ -1,25 +1,34 @@
-"""Delta tables and files under the storage root, through Spark only.
+"""Delta tables and files under the storage root.
 
 Tables are addressed by their logical name (``raw_eeg``, ``features``, ...); the
 configuration maps each to a Delta path under the root or to a catalog name, so the
 same calls work locally, on DBFS and with Unity Catalog.
+
+Two kinds of session, one behaviour. A classic session (a JVM in this process) uses
+``DeltaTable`` and Hadoop's FileSystem through py4j (any scheme: file:, dbfs:, s3a:, ...).
+A Spark Connect session has neither: Delta's Connect plugin is not published for this
+Delta (4.4 on Spark 4.2), so table operations go through SQL, which Connect carries as is
+(``CREATE TABLE IF NOT EXISTS ... USING delta``, ``DESCRIBE HISTORY``), and files are
+plain driver-side files (pipeline/files.py: local paths and Unity Catalog Volumes).
 """
 from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
+from pipeline import files
 from pipeline.config import Config
+from pipeline.files import FileInfo
+from pipeline.spark import is_classic
 from pipeline.table_recovery import clear_uncommitted
 
 __all__ = [
-    "is_catalog_name", "delta_table", "table_exists", "table_version", "read_table", "create_table", "save",
+    "is_catalog_name", "sql_name", "create_table_sql", "delta_table", "table_exists", "table_version", "read_table",
+    "create_table", "save",
     "session_conf",
     "FileInfo", "list_files", "path_exists", "make_dirs", "move_file", "read_range", "file_info",
 ]
@@ -29,14 +38,30 @@ def is_catalog_name(location: str) -> bool:
     return "." in location and "/" not in location and ":" not in location
 
 
+def sql_name(location: str) -> str:
+    """A table's name in SQL: the catalog name, or ``delta.`path` ``."""
+    return location if is_catalog_name(location) else f"delta.`{location.replace('`', '``')}`"
+
+
 def table_exists(spark: SparkSession, cfg: Config, name: str) -> bool:
     location = cfg.table(name)
     if is_catalog_name(location):
         return spark.catalog.tableExists(location)
-    return DeltaTable.isDeltaTable(spark, location)
+    if is_classic(spark):
+        from delta.tables import DeltaTable
+
+        return DeltaTable.isDeltaTable(spark, location)
+    try:
+        spark.sql(f"DESCRIBE HISTORY {sql_name(location)} LIMIT 1").collect()
+        return True
+    except Exception:  # noqa: BLE001 - Connect reports "not a Delta table" as an AnalysisException
+        return False
 
 
-def delta_table(spark: SparkSession, cfg: Config, name: str) -> DeltaTable:
+def delta_table(spark: SparkSession, cfg: Config, name: str) -> Any:
+    """The table's ``DeltaTable`` (classic sessions only: Delta has no Connect client here)."""
+    from delta.tables import DeltaTable
+
     location = cfg.table(name)
     return DeltaTable.forName(spark, location) if is_catalog_name(location) else DeltaTable.forPath(spark, location)
 
@@ -51,7 +76,7 @@ def table_version(spark: SparkSession, cfg: Config, name: str) -> int | None:
     if not table_exists(spark, cfg, name):
         return None
     location = cfg.table(name)
-    if not is_catalog_name(location):
+    if not is_catalog_name(location) and is_classic(spark):
         try:
             jvm = spark._jvm
             log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, location)
@@ -62,7 +87,7 @@ def table_version(spark: SparkSession, cfg: Config, name: str) -> int | None:
 
 
 def _history_version(spark: SparkSession, cfg: Config, name: str) -> int:
-    return int(delta_table(spark, cfg, name).history(1).select("version").first()[0])
+    return int(spark.sql(f"DESCRIBE HISTORY {sql_name(cfg.table(name))} LIMIT 1").select("version").first()[0])
 
 
 def read_table(spark: SparkSession, cfg: Config, name: str, version: int | None = None) -> DataFrame:
@@ -87,6 +112,11 @@ def create_table(spark: SparkSession, cfg: Config, name: str, schema: T.StructTy
         cleared = clear_uncommitted(spark, location)
         if cleared:
             logging.getLogger(__name__).warning(cleared)
+    if not is_classic(spark):
+        spark.sql(create_table_sql(location, schema, partition_by, properties))
+        return True
+    from delta.tables import DeltaTable
+
     builder = DeltaTable.createIfNotExists(spark)
     builder = builder.tableName(location) if is_catalog_name(location) else builder.location(location)
     builder = builder.addColumns(schema)
@@ -96,6 +126,21 @@ def create_table(spark: SparkSession, cfg: Config, name: str, schema: T.StructTy
         builder = builder.property(key, value)
     builder.execute()
     return True
+
+
+def create_table_sql(location: str, schema: T.StructType, partition_by: Sequence[str] = (),
+                     properties: Mapping[str, str] | None = None) -> str:
+    """The same table as DeltaTable's builder makes, as one SQL statement (Spark Connect)."""
+    def column(f: T.StructField) -> str:
+        return f"`{f.name}` {f.dataType.simpleString()}{'' if f.nullable else ' NOT NULL'}"
+
+    sql = (f"CREATE TABLE IF NOT EXISTS {sql_name(location)} ({', '.join(column(f) for f in schema.fields)}) "
+           "USING delta")
+    if partition_by:
+        sql += f" PARTITIONED BY ({', '.join(f'`{c}`' for c in partition_by)})"
+    if properties:
+        sql += " TBLPROPERTIES (" + ", ".join(f"'{k}' = '{v}'" for k, v in properties.items()) + ")"
+    return sql
 
 
 def save(writer: Any, cfg: Config, name: str) -> None:
@@ -109,7 +154,12 @@ def save(writer: Any, cfg: Config, name: str) -> None:
 
 @contextmanager
 def session_conf(spark: SparkSession, conf: Mapping[str, str]) -> Iterator[None]:
-    """Session settings for the duration of one write (they reach the Parquet writer), then restored."""
+    """Session settings for the duration of one write (they reach the Parquet writer), then restored.
+
+    Keys outside ``spark.*`` (Parquet writer tuning such as ``parquet.enable.dictionary``)
+    are a classic session's fast path: a Connect server refuses them; the data is the same."""
+    if not is_classic(spark):
+        conf = {k: v for k, v in conf.items() if k.startswith("spark.")}
     previous = {k: spark.conf.get(k, None) for k in conf}
     for k, v in conf.items():
         spark.conf.set(k, v)
@@ -123,22 +173,8 @@ def session_conf(spark: SparkSession, conf: Mapping[str, str]) -> Iterator[None]
                 spark.conf.set(k, v)
 
 
-# ---- files, through Hadoop's FileSystem API (local paths, dbfs:/, abfss:/, s3a:/ alike) ----
-
-@dataclass(frozen=True)
-class FileInfo:
-    """One directory entry; ``path`` is fully qualified (file:/..., dbfs:/...).
-
-    ``local_path`` is the same entry as an operating-system path when it is on the local
-    file system (scheme ``file``), so that Python code on the executors can open it."""
-
-    path: str
-    name: str
-    size: int
-    mtime_ms: int
-    is_dir: bool
-    local_path: str | None = None
-
+# ---- files: Hadoop's FileSystem API on a classic session (local paths, dbfs:/, abfss:/, s3a:/ alike),
+# plain driver-side files over Spark Connect (pipeline/files.py) ----
 
 def _hadoop(spark: SparkSession, path: str) -> tuple[Any, Any]:
     hpath = spark._jvm.org.apache.hadoop.fs.Path(path)
@@ -154,17 +190,23 @@ def _info(status: Any) -> FileInfo:
 
 
 def path_exists(spark: SparkSession, path: str) -> bool:
+    if not is_classic(spark):
+        return files.exists(path)
     fs, hpath = _hadoop(spark, path)
     return bool(fs.exists(hpath))
 
 
 def file_info(spark: SparkSession, path: str) -> FileInfo | None:
+    if not is_classic(spark):
+        return files.info(path)
     fs, hpath = _hadoop(spark, path)
     return _info(fs.getFileStatus(hpath)) if fs.exists(hpath) else None
 
 
 def list_files(spark: SparkSession, directory: str) -> list[FileInfo]:
     """Entries of a directory sorted by name; [] when it does not exist."""
+    if not is_classic(spark):
+        return files.list_dir(directory)
     fs, hpath = _hadoop(spark, directory)
     if not fs.exists(hpath):
         return []
@@ -172,6 +214,8 @@ def list_files(spark: SparkSession, directory: str) -> list[FileInfo]:
 
 
 def make_dirs(spark: SparkSession, path: str) -> None:
+    if not is_classic(spark):
+        return files.make_dirs(path)
     fs, hpath = _hadoop(spark, path)
     if not fs.mkdirs(hpath) and not fs.isDirectory(hpath):
         raise OSError(f"could not create directory {path}")
@@ -179,6 +223,8 @@ def make_dirs(spark: SparkSession, path: str) -> None:
 
 def move_file(spark: SparkSession, src: str, dst: str) -> None:
     """Rename src to dst (same file system); never overwrites an existing dst."""
+    if not is_classic(spark):
+        return files.move(src, dst)
     fs, hsrc = _hadoop(spark, src)
     _, hdst = _hadoop(spark, dst)
     if fs.exists(hdst):
@@ -200,6 +246,8 @@ _PY4J_PIECE = 4096
 
 def read_range(spark: SparkSession, path: str, offset: int, length: int) -> bytes:
     """``length`` bytes at ``offset`` (negative: from the end), e.g. a Parquet footer."""
+    if not is_classic(spark):
+        return files.read_range(path, offset, length)
     fs, hpath = _hadoop(spark, path)
     size = int(fs.getFileStatus(hpath).getLen())
     start = size + offset if offset < 0 else offset

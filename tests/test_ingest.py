@@ -15,9 +15,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 import pipeline.ingest as ingest_mod
+from pipeline import ingest_plan
 from pipeline import storage
 from pipeline.cli import run
-from pipeline.ingest import INGEST_LOG_SCHEMA, ingest, raw_samples
+from pipeline.ingest import ingest
+from pipeline.tables import INGEST_LOG_SCHEMA, raw_samples
 from pipeline.synth import subject_file_name, synth_subject, write_subject_file
 
 SFREQ = 128.0
@@ -290,7 +292,7 @@ def test_hadoop_file_helpers(spark, tmp_path):
 
 
 def test_a_file_too_large_for_one_binary_cell_is_quarantined(spark, cfg, monkeypatch):
-    monkeypatch.setattr(ingest_mod, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(ingest_plan, "MAX_FILE_BYTES", 1000)
     deliver(cfg, 1)
     assert ingest(spark, cfg).count("ingested") == 1  # a local file never passes through the JVM whole
     deliver(cfg, 2)

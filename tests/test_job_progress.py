@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import re
+import threading
+import time
 
 from pipeline.job_progress import job_progress, tasks_done
 from pipeline.report import Reporter
@@ -19,21 +21,56 @@ def _run(spark, tasks: int):
     return spark.range(0, tasks, 1, tasks).mapInPandas(slow, "id long").collect()
 
 
-def test_reports_tasks_done_while_the_job_runs_and_at_the_end(spark):
+def _gated(spark, tasks: int, gate: str):
+    """A job whose first two tasks end at once and whose others wait until ``gate`` exists."""
+    def wait(batches):
+        import os
+        import time
+
+        from pyspark import TaskContext
+
+        if TaskContext.get().partitionId() >= 2:
+            while not os.path.exists(gate):
+                time.sleep(0.05)
+        yield from batches
+
+    return spark.range(0, tasks, 1, tasks).mapInPandas(wait, "id long").collect()
+
+
+def test_reports_tasks_done_while_the_job_runs_and_at_the_end(spark, tmp_path):
     err = io.StringIO()
     rep = Reporter(err=err, progress_every_s=0.1)
+    gate = tmp_path / "gate"
     sc = spark.sparkContext
     sc.setJobGroup("outer", "an enclosing group")
     try:
         with job_progress(spark, rep, "demo", "subjects", 4):
             assert sc.getLocalProperty("spark.jobGroup.id").startswith("p300-progress-")
-            assert len(_run(spark, 4)) == 4
+            # the job runs in a thread (the group is a thread-local property: pass it on)
+            group = sc.getLocalProperty("spark.jobGroup.id")
+            rows: list = []
+
+            def job():
+                sc.setLocalProperty("spark.jobGroup.id", group)
+                rows.extend(_gated(spark, 4, str(gate)))
+
+            runner = threading.Thread(target=job)
+            runner.start()
+            deadline = time.monotonic() + 120
+            while "demo: 2/4 subjects done" not in err.getvalue() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            # two tasks are still held at the gate: the line came while the job ran
+            assert "demo: 2/4 subjects done" in err.getvalue() and runner.is_alive() and not gate.exists()
+            gate.touch()
+            runner.join(timeout=120)
+            assert len(rows) == 4
         assert sc.getLocalProperty("spark.jobGroup.id") == "outer"  # restored
     finally:
+        gate.touch()
         sc.setLocalProperty("spark.jobGroup.id", None)
         sc.setLocalProperty("spark.job.description", None)
     counts = [int(m) for m in re.findall(r"\[p300\] demo: (\d+)/4 subjects done \(\d+ s\)", err.getvalue())]
-    assert counts and counts[-1] == 4 and counts == sorted(set(counts))  # each change once, in order
+    assert counts[0] < 4 and counts[-1] == 4 and counts == sorted(set(counts))  # each change once, in order
     assert err.getvalue().count("4/4") == 1
 
 

@@ -11,7 +11,8 @@ import textwrap
 import pytest
 
 from pipeline.config import ConfigError, load_config
-from pipeline.jvm_archive import archive_options, archive_path, build, main, other_archives
+from pipeline.class_archive import archive_options, archive_path
+from pipeline.jvm_archive import build, main, other_archives
 from pipeline.report import Reporter
 from pipeline.spark import C1_ONLY, spark_conf_pairs
 

@@ -14,7 +14,8 @@ import pipeline.preprocess as pp
 from pipeline import storage
 from pipeline.cli import run
 from pipeline.ingest import ingest
-from pipeline.preprocess import FEATURES_SCHEMA, PREPROCESS_LOG_SCHEMA, balanced_partitions, preprocess, spark_partition_hash
+from pipeline.preprocess import balanced_partitions, preprocess, spark_partition_hash
+from pipeline.tables import FEATURES_SCHEMA, PREPROCESS_LOG_SCHEMA
 from pipeline.synth import subject_file_name, synth_subject, write_subject_file
 from udfs.preprocess import Settings, preprocess_subject
 
@@ -109,8 +110,8 @@ def test_good_subjects_failures_isolated_rerun_and_reprocess(spark, cfg, capsys,
     # a job that dies half way (subject 2's task crashes after subject 1's succeeded) commits nothing
     real = pp._subject_function
 
-    def crashing(base, info, acc):
-        inner = real(base, info, acc)
+    def crashing(base, info):
+        inner = real(base, info)
 
         def apply(raw):
             if int(raw["subject_id"].iloc[0]) == 2:
@@ -136,8 +137,8 @@ def test_one_task_per_subject_and_no_empty_tasks(spark, cfg, tmp_path, monkeypat
     seen = tmp_path / "tasks"
     real = pp._subject_function
 
-    def recording(base, info, acc):
-        inner = real(base, info, acc)
+    def recording(base, info):
+        inner = real(base, info)
 
         def apply(raw):
             from pyspark import TaskContext

@@ -10,7 +10,7 @@ from scipy import signal
 
 from pipeline.synth import synth_subject
 from udfs.preprocess import (NoEpochsError, PreprocessError, Settings, bandpass_stop_hz, design_antialias,
-                             design_bandpass, design_notch, preprocess_subject, run_subject)
+                             design_fir, preprocess_subject, run_subject)
 
 
 def raw_frame(sid: int = 3, minutes: float = 1.0, n_channels: int = 4, sfreq: float = 128.0, seed: int = 0) -> pd.DataFrame:
@@ -127,17 +127,24 @@ def test_matches_mne(sfreq, method):
     assert min(np.corrcoef(a, b)[0, 1] for a, b in zip(x, x_mne)) > 0.99
 
 
-def test_filter_designs_match_mne():
+def test_the_filter_is_mnes_and_travels_as_taps():
     mne = pytest.importorskip("mne")
-    for sfreq in (128.0, 250.0, 512.0):
+    for sfreq in (100.0, 250.0):
         ref = mne.filter.create_filter(None, sfreq, 1.0, 20.0, fir_design="firwin", verbose=False)
-        np.testing.assert_allclose(design_bandpass(sfreq, 1.0, 20.0), ref, atol=1e-12)
-    # notch as mne.filter.notch_filter builds it (band-stop at each frequency, 1 Hz transitions)
+        np.testing.assert_array_equal(design_fir(sfreq, 1.0, 20.0), ref)
+    # band-pass and notch in one kernel = MNE's filter_data, then its notch_filter (away from the edges)
     x = np.random.default_rng(0).standard_normal((2, 250 * 30))
-    ref = mne.filter.notch_filter(x, 250.0, [16.7, 33.4], verbose=False)
+    ref = mne.filter.notch_filter(mne.filter.filter_data(x, 250.0, 1.0, 45.0, verbose=False), 250.0, [16.7, 33.4],
+                                  verbose=False)
     from udfs.preprocess import _filter_zero_phase
-    ours = _filter_zero_phase(x, design_notch(250.0, (16.7, 33.4)))
-    np.testing.assert_allclose(ours, ref, atol=1e-9)
+    h = design_fir(250.0, 1.0, 45.0, (16.7, 33.4))
+    ours = _filter_zero_phase(x, h)
+    edge = len(h)
+    np.testing.assert_allclose(ours[:, edge:-edge], ref[:, edge:-edge], atol=1e-9)
+    # the driver ships the taps: the executors' Settings never design (never import MNE)
+    s = Settings(l_freq=1.0, h_freq=45.0, line_freq=16.7).with_fir()
+    taps = design_fir(s.resample_hz, 1.0, 45.0, s.notch_freqs)
+    assert s.fir is not None and np.array_equal(pickle.loads(pickle.dumps(s)).filter_taps(), taps)
 
 
 @pytest.mark.parametrize("sfreq, up, down", [(512.0, 25, 128), (256.0, 25, 64), (250.0, 2, 5), (1000.0, 1, 10)])

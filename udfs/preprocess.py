@@ -9,9 +9,9 @@ then resample the continuous signal, then epoch; the tests compare it with MNE):
    maps them. Resampling before epoching makes the feature length a function of the
    configuration alone: ``n_channels * n_times`` (71 samples per channel with the
    defaults) for any source rate, so subjects recorded at 250, 256 or 512 Hz pool;
-2. zero-phase FIR band-pass ``l_freq``-``h_freq`` designed exactly as ``mne.filter``
-   does (firwin, Hamming window, "auto" transition bands and length, odd-reflected
-   edges), applied at the target rate; a notch at the line frequency and its harmonics
+2. zero-phase FIR band-pass ``l_freq``-``h_freq`` designed by ``mne.filter.create_filter``
+   itself (firwin, Hamming window, "auto" transition bands and length; design_fir) and
+   applied with odd-reflected edges at the target rate; a notch at the line frequency and its harmonics
    only where they fall inside the pass band (with the defaults 1-20 Hz / 50 Hz there
    is none). Both steps are linear and the band lies far below the new Nyquist, so the
    order does not change the result within the band, and filtering 5x fewer samples
@@ -46,8 +46,7 @@ __all__ = [
     "NoEpochsError",
     "FEATURE_COLUMNS",
     "channel_columns",
-    "design_bandpass",
-    "design_notch",
+    "design_fir",
     "design_antialias",
     "bandpass_stop_hz",
     "run_subject",
@@ -57,7 +56,6 @@ __all__ = [
 
 FEATURE_COLUMNS = ["subject_id", "epoch_idx", "event_sample", "label", "features"]
 LABEL_NONTARGET, LABEL_TARGET = 1, 2
-_LENGTH_FACTOR_HAMMING = 3.3  # mne.filter._length_factors["hamming"]
 # stop-band attenuation of the anti-aliasing filter before the band-pass (design_antialias)
 ANTIALIAS_ATTENUATION_DB = 65.0
 
@@ -94,6 +92,7 @@ class Settings:
     event_nontarget: int = 1
     event_target: int = 2
     n_channels: int | None = field(default=None)  # None: every eeg_ch* column with data
+    fir: tuple[float, ...] | None = None  # the band-pass (+ notch) taps at resample_hz; None: design here
 
     @classmethod
     def from_config(cls, cfg: Any, sfreq: float | None = None) -> "Settings":
@@ -119,6 +118,16 @@ class Settings:
 
     def with_sfreq(self, sfreq: float) -> "Settings":
         return replace(self, sfreq=float(sfreq))
+
+    def with_fir(self) -> "Settings":
+        """These settings carrying their filter's taps (design_fir, on the driver): the filter
+        runs at ``resample_hz``, so one design serves every subject whatever its rate."""
+        return replace(self, fir=tuple(float(v) for v in self.filter_taps()))
+
+    def filter_taps(self) -> np.ndarray:
+        if self.fir is not None:
+            return np.asarray(self.fir)
+        return design_fir(self.resample_hz, self.l_freq, self.h_freq, self.notch_freqs)
 
     @property
     def notch_freqs(self) -> tuple[float, ...]:
@@ -151,32 +160,7 @@ class SubjectResult:
         return len(self.features)
 
 
-# ---- filter design (mirrors mne.filter.create_filter for method="fir", firwin, hamming) ----
-
-def _firwin_design(n: int, freq: np.ndarray, gain: np.ndarray, nyq: float) -> np.ndarray:
-    """mne.filter._firwin_design: a sum of windowed-sinc low-passes, one per transition."""
-    h = np.zeros(n)
-    prev_freq, prev_gain = freq[-1], gain[-1]
-    if gain[-1] == 1:
-        h[n // 2] = 1
-    for this_freq, this_gain in zip(freq[::-1][1:], gain[::-1][1:]):
-        if this_gain != prev_gain:
-            transition = (prev_freq - this_freq) / 2.0
-            this_n = int(round(_LENGTH_FACTOR_HAMMING / transition))
-            this_n += 1 - this_n % 2
-            if this_n > n:
-                raise PreprocessError(f"FIR length {n} too short for a {transition * nyq:.2f} Hz transition")
-            this_h = signal.firwin(this_n, (prev_freq + this_freq) / 2.0, window="hamming", pass_zero=True, fs=2.0)
-            offset = (n - this_n) // 2
-            h[offset:n - offset] += this_h if this_gain else -this_h
-        prev_gain, prev_freq = this_gain, this_freq
-    return h
-
-
-def _fir_length(sfreq: float, min_transition: float) -> int:
-    n = max(int(np.ceil(_LENGTH_FACTOR_HAMMING / min_transition * sfreq)), 1)
-    return n + (n - 1) % 2  # odd, for a zero-phase filter
-
+# ---- filters: MNE designs them (once, on the driver), numpy applies them (per subject) ----
 
 def bandpass_stop_hz(sfreq: float, h_freq: float) -> float:
     """Where the band-pass's upper stop band starts (MNE's "auto" transition above h_freq)."""
@@ -184,44 +168,26 @@ def bandpass_stop_hz(sfreq: float, h_freq: float) -> float:
 
 
 @lru_cache(maxsize=32)
-def design_bandpass(sfreq: float, l_freq: float, h_freq: float) -> np.ndarray:
-    """Band-pass taps with MNE's "auto" transition bandwidths and filter length."""
+def design_fir(sfreq: float, l_freq: float, h_freq: float, notch_freqs: tuple[float, ...] = ()) -> np.ndarray:
+    """The zero-phase FIR that MNE's ``filter_data`` (and ``notch_filter`` at ``notch_freqs``)
+    would apply: ``mne.filter.create_filter`` with firwin, Hamming window, "auto" transitions
+    and length; the notch as notch_filter builds it (widths f/200, 1 Hz transitions), then
+    both in one kernel. MNE is imported here only: it takes seconds, so the driver designs
+    the taps once and ships them in ``Settings.fir`` (preprocess), and the executors never
+    import it."""
+    import mne.filter
+
     nyq = sfreq / 2.0
     if not 0 < l_freq < h_freq < nyq:
         raise PreprocessError(f"band-pass {l_freq}-{h_freq} Hz does not fit below Nyquist ({nyq} Hz)")
-    l_trans = min(max(0.25 * l_freq, 2.0), l_freq)
-    f_s2 = bandpass_stop_hz(sfreq, h_freq)
-    h_trans = f_s2 - h_freq
-    n = _fir_length(sfreq, min(l_trans, h_trans))
-    f_s1 = l_freq - l_trans
-    freq, gain = [f_s1, l_freq, h_freq, f_s2], [0, 1, 1, 0]
-    if f_s2 != nyq:
-        freq, gain = freq + [nyq], gain + [0]
-    if f_s1 != 0:
-        freq, gain = [0.0] + freq, [0] + gain
-    h = _firwin_design(n, np.asarray(freq) / nyq, np.asarray(gain), nyq)
-    h.flags.writeable = False
-    return h
-
-
-@lru_cache(maxsize=32)
-def design_notch(sfreq: float, freqs: tuple[float, ...], trans_bandwidth: float = 1.0) -> np.ndarray:
-    """mne.filter.notch_filter(method="fir") taps: notch width freq/200, 1 Hz transitions."""
-    nyq = sfreq / 2.0
-    tb_2 = trans_bandwidth / 2.0
-    widths = [f / 200.0 for f in freqs]
-    lows = np.array([f - w / 2.0 - tb_2 for f, w in zip(freqs, widths)])
-    highs = np.array([f + w / 2.0 + tb_2 for f, w in zip(freqs, widths)])
-    f_p1, f_s1, f_s2, f_p2 = lows, lows + tb_2, highs - tb_2, highs
-    freq = np.r_[f_p1, f_s1, f_s2, f_p2]
-    gain = np.r_[np.ones_like(f_p1), np.zeros_like(f_s1), np.zeros_like(f_s2), np.ones_like(f_p2)]
-    order = np.argsort(freq)
-    freq, gain = freq[order], gain[order]
-    if freq[0] != 0:
-        freq, gain = np.r_[0.0, freq], np.r_[1.0, gain]
-    if freq[-1] != nyq:
-        freq, gain = np.r_[freq, nyq], np.r_[gain, 1.0]
-    h = _firwin_design(_fir_length(sfreq, tb_2), freq / nyq, gain, nyq)
+    fir = dict(method="fir", phase="zero", fir_window="hamming", fir_design="firwin", verbose=False)
+    h = mne.filter.create_filter(None, sfreq, l_freq, h_freq, **fir)
+    if notch_freqs:
+        tb_2 = 0.5
+        lows = np.array([f - f / 400.0 - tb_2 for f in notch_freqs])
+        highs = np.array([f + f / 400.0 + tb_2 for f in notch_freqs])
+        h = np.convolve(h, mne.filter.create_filter(None, sfreq, highs, lows, l_trans_bandwidth=tb_2,
+                                                    h_trans_bandwidth=tb_2, **fir))
     h.flags.writeable = False
     return h
 
@@ -384,10 +350,7 @@ def run_subject(raw: pd.DataFrame, settings: Settings) -> SubjectResult:
     # and suppresses by more than 65 dB all that could fold into 0-25 Hz, design_antialias),
     # and the FIR runs over 5x fewer samples with a 5x shorter kernel (about 2x faster overall).
     data = _resample(data, s.sfreq, s.resample_hz, bandpass_stop_hz(s.resample_hz, s.h_freq))
-    h = design_bandpass(s.resample_hz, s.l_freq, s.h_freq)
-    if s.notch_freqs:
-        h = np.convolve(h, design_notch(s.resample_hz, s.notch_freqs))
-    data = _filter_zero_phase(data, h)
+    data = _filter_zero_phase(data, s.filter_taps())
 
     fs = s.resample_hz
     centers = np.rint(onsets * (fs / s.sfreq)).astype(np.int64)
