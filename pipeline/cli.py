@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "demo": "pipeline.demo",
     "jvm-cache": "pipeline.jvm_archive",
     "monitor": "pipeline.monitor",
+    "connect": "pipeline.connect_server",
 }
 
 
@@ -161,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
                    description="Reads the endpoint's inference log, writes monitor_profile and monitor_drift for the "
                                "windows not yet processed (idempotent), applies monitoring.rule and records the "
                                "retrain flag (docs/monitoring.md).")
+    p = sub.add_parser("connect", help="a local Spark Connect server with Delta (run jobs with spark.remote)",
+                       description="serve: start Spark's Connect server with Delta on loopback and print its URL "
+                       "for --set spark.remote=...; status: say whether this root's server runs; stop: stop it "
+                       "by its recorded pid")
+    p.add_argument("action", choices=["serve", "status", "stop"])
+    p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     p = sub.add_parser("demo", help="the whole cycle on synthetic data from an empty root, with a summary")
     p.add_argument("--subjects", type=int, default=10)
     p.add_argument("--minutes", type=float, default=12.0)
