@@ -95,6 +95,19 @@ def test_ingest_preprocess_train_score_over_connect_equal_a_classic_run(spark, s
     assert sorted(os.listdir(remote / "archive")) == sorted(os.listdir(classic / "archive"))
     assert not (remote / "landing-zone").exists() or os.listdir(remote / "landing-zone") == []
 
+    # evaluate's and train's reads: the same matrix through Connect's Arrow batches
+    from pyspark.sql import SparkSession
+
+    from pipeline.tables import feature_subjects, load_features
+
+    remote_session = SparkSession.builder.remote(server.url).getOrCreate()
+    cfg_classic = load_config(root=str(classic), env={}, overrides=[])
+    cfg_remote = load_config(root=str(remote), env={}, overrides=[])
+    assert feature_subjects(remote_session, cfg_remote, 1) == feature_subjects(spark, cfg_classic, 1)
+    a = load_features(remote_session, cfg_remote, [3, 4], 1)
+    b = load_features(spark, cfg_classic, [3, 4], 1)
+    assert a.X.shape[0] > 0 and (a.X == b.X).all() and (a.y == b.y).all() and (a.groups == b.groups).all()
+
     for table, order in ORDER.items():
         def frame(root: Path):
             cfg = load_config(root=str(root), env={}, overrides=[])
