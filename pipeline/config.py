@@ -189,9 +189,7 @@ class SparkConf(_Strict):
     log_level: str = "WARN"
     delta_version: str = "4.4.0"
     delta_jars: list[str] = Field(default_factory=list)
-    # Spark Connect: a server URL (sc://host:port); set, every job runs in a Connect client
-    # session (as on serverless and shared clusters; `p300 connect serve` starts a local
-    # server), and the classic-only fast paths are skipped; null: a classic session.
+    # Spark Connect server (sc://host:port; docs/architecture.md); null: a classic session
     remote: str | None = Field(None, pattern=r"^sc://")
 
 
