@@ -38,7 +38,7 @@ def settings(root: Path, *extra: str) -> list[str]:
 def flow(root: Path, *extra: str) -> float:
     """ingest -> preprocess -> train -> score on ``root``; seconds taken."""
     t0 = time.perf_counter()
-    for argv in (["ingest"], ["preprocess"], ["train", "--train-fraction", "0.5"], ["score"]):
+    for argv in (["ingest"], ["preprocess"], ["train", "--train-fraction", "0.5"], ["score", "--alias", "challenger"]):
         assert run([*settings(root, *extra), *argv], environ={}) == 0, argv
     return time.perf_counter() - t0
 
