@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from pipeline import files
 from pipeline.config import Config, ConfigError
@@ -56,23 +57,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running(cfg: Config) -> ServerInfo | None:
     """This root's server when its recorded pid is alive, else None."""
     state = _state_dir(cfg) / "server.json"
     if not state.is_file():
         return None
     info = ServerInfo(**json.loads(state.read_text()))
-    return info if _alive(info.pid) else None
+    return info if psutil.pid_exists(info.pid) else None
 
 
 def server_command(cfg: Config, port: int, master: str) -> list[str]:
@@ -127,19 +118,15 @@ def serve(cfg: Config, port: int = 0, master: str | None = None, timeout_s: floa
 def _end(pid: int, grace_s: float = 30.0) -> None:
     """SIGTERM the server (the pid is the JVM: spark-submit execs it), SIGKILL after ``grace_s``."""
     try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
+        proc = psutil.Process(pid)
+        proc.terminate()
         try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        except ChildProcessError:  # not our child: poll instead
-            if not _alive(pid):
-                return
-        time.sleep(0.2)
-    os.kill(pid, signal.SIGKILL)
+            proc.wait(grace_s)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(grace_s)
+    except psutil.NoSuchProcess:
+        return
 
 
 def stop(cfg: Config) -> ServerInfo | None:
