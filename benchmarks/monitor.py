@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(root=str(Path(tmp) / "lakehouse"), env={},
                           overrides={"monitoring.window_s": "60", "monitoring.lateness_s": "0"})
         from pipeline.monitor import monitor
-        from pipeline.preprocess import FEATURES_SCHEMA
+        from pipeline.tables import FEATURES_SCHEMA
         from pipeline.spark import get_spark
 
         t = cfg.preprocess.n_times

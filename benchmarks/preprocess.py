@@ -67,7 +67,7 @@ def child_flags(sets: Sequence[str]) -> list[str]:
 def describe_config(sets: Sequence[str]) -> str:
     from pipeline.spark import driver_java_options
 
-    from pipeline.jvm_archive import archive_options, archive_path
+    from pipeline.class_archive import archive_options, archive_path
 
     cfg = _cfg(Path("."), "local[*]", sets)
     spark = cfg.spark

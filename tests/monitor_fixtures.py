@@ -32,7 +32,7 @@ def epochs(cfg: Config, n: int, seed: int, gain: float = 1.0, signal: float = 1.
 
 def register_with_lineage(spark, cfg: Config, alias: str = "champion") -> str:
     """Features for subjects 1-2 (Delta version 0) and a version trained on them."""
-    from pipeline.preprocess import FEATURES_SCHEMA
+    from pipeline.tables import FEATURES_SCHEMA
 
     X, y = epochs(cfg, 300, seed=1)
     n, f = X.shape
