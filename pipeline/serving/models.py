@@ -95,8 +95,12 @@ def load_model(entity_name: str, version: str) -> LoadedModel:
         n_features = _signature_width(pyfunc)
     model = LoadedModel(entity_name, version, pyfunc, fast, n_features, params_schema, takes_params,
                         _tensor_dtype(pyfunc))
-    if fast is not None:
-        fast(np.zeros((1, n_features), dtype=np.float32))
+    if fast is not None:  # noise, not zeros: a covariance-based pipeline (xDAWN + tangent space) needs full rank
+        warm = np.random.default_rng(0).standard_normal((4, n_features)).astype(np.float32)
+        try:
+            fast(warm)
+        except Exception:  # noqa: BLE001 - warming up is an optimisation; the first request then pays for it
+            pass
     return model
 
 
