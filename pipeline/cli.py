@@ -11,9 +11,10 @@ import argparse
 import importlib
 import os
 import sys
+import typing
 from typing import Callable, Sequence
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ClassifierName, ConfigError, load_config
 from pipeline.report import Reporter
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-fraction", type=_fraction, default=None, metavar="F",
                    help="first ceil(F x n) processed subjects in id order (default training.train_fraction)")
     g.add_argument("--subjects", type=_subject_list, default=None, help="explicit training subjects")
+    p.add_argument("--classifier", choices=typing.get_args(ClassifierName), default=None,
+                   help="classifier pipeline (default training.classifier; `p300 compare` picks one)")
     p.add_argument("--no-alias", action="store_true", help="register only; do not move the challenger alias")
     p.add_argument("--force", action="store_true",
                    help="train again even if a version was registered from the same features version, "

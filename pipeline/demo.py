@@ -24,14 +24,15 @@ STEPS: list[tuple[str, list[str]]] = [
     ("preprocess them", ["preprocess"]),
     ("ingest the other subjects", ["ingest"]),
     ("preprocess them", ["preprocess"]),
-    ("train v1 on 50% of the subjects", ["train", "--train-fraction", "0.5"]),
+    ("train v1 (LDA) on 50% of the subjects", ["train", "--train-fraction", "0.5", "--classifier", "lda"]),
     ("deploy v1 as challenger", ["deploy"]),
     ("evaluate the challenger on unseen subjects", ["evaluate", "--target", "challenger"]),
     ("promote the challenger to champion", ["promote"]),
-    ("train v2 on 75% of the subjects", ["train", "--train-fraction", "0.75"]),
+    ("train v2 (training.classifier, the comparison's winner) on 75%", ["train", "--train-fraction", "0.75"]),
     ("deploy v2 as challenger beside the champion", ["deploy"]),
     ("evaluate champion and challenger on a common holdout", ["evaluate", "--target", "both"]),
-    ("promote only if the challenger has the better ROC AUC", ["promote", "--require-better", "roc_auc"]),
+    ("promote only if the challenger has the better mean per-subject ROC AUC",
+     ["promote", "--require-better", "roc_auc_subject_mean"]),
 ]
 
 

@@ -22,7 +22,7 @@ from mlflow.pyfunc import PythonModel
 from sklearn.pipeline import Pipeline
 
 from pipeline.classifiers import alignment_of, build_classifier, calibration_reference, predict_proba_with_reference
-from pipeline.serving.scoring import as_matrix  # the one input validator, shared with the endpoint server
+from pipeline.serving.scoring import InputError, as_matrix  # the one input validator, shared with the endpoint server
 
 __all__ = ["P300Model", "build_estimator", "model_signature", "as_matrix", "PARAM_REFERENCE", "PARAM_CALIBRATION"]
 
@@ -54,12 +54,28 @@ class P300Model(PythonModel):
         return alignment_of(self.estimator)
 
     def reference(self, params: dict[str, Any] | None) -> np.ndarray | None:
-        """The subject's reference from request params (None: source-only); ValueError when
-        they are malformed."""
-        params = params or {}
+        """The subject's reference from request params (None: source-only); InputError (the
+        caller's mistake: 400 from the endpoint) when they are malformed."""
+        try:
+            return self._reference(params or {})
+        except ValueError as exc:
+            raise InputError(f"params: {exc}") from None
+
+    def _reference(self, params: dict[str, Any]) -> np.ndarray | None:
         ref, block = params.get(PARAM_REFERENCE), params.get(PARAM_CALIBRATION)
         if ref is not None and len(ref):
-            return np.asarray(ref, dtype=np.float64)
+            ref = np.asarray(ref, dtype=np.float64)
+            n = int(round(np.sqrt(ref.size)))
+            if n * n != ref.size or not np.isfinite(ref).all():
+                raise ValueError(f"reference: {ref.size} values is not a finite square matrix (channels x channels)")
+            epochs = self.estimator.named_steps.get("epochs")
+            channels = self.n_features // epochs.n_times if epochs is not None else n
+            if n != channels:
+                raise ValueError(f"reference is {n} x {n}; this model's epochs have {channels} channels")
+            ref = ref.reshape(n, n)
+            if not np.allclose(ref, ref.T) or np.linalg.eigvalsh(ref).min() <= 0:
+                raise ValueError("reference: not a symmetric positive definite matrix")
+            return ref
         if block is not None and len(block):
             flat = np.asarray(block, dtype=np.float32)
             if flat.size % self.n_features:
@@ -69,8 +85,12 @@ class P300Model(PythonModel):
                                                                   self.n_features))
         return None
 
-    def predict_matrix(self, matrix: np.ndarray, reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(Target probability float64, label int64) for a validated float32 matrix."""
+    def predict_matrix(self, matrix: np.ndarray, reference: np.ndarray | None = None,
+                       params: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(Target probability float64, label int64) for a validated float32 matrix; the
+        subject's reference given directly or through request ``params``."""
+        if reference is None and params:
+            reference = self.reference(params)
         proba = predict_proba_with_reference(self.estimator, matrix, reference)[:, self._target_col]
         labels = np.where(proba >= 0.5, self.target_label, self.nontarget_label).astype(np.int64)
         return proba.astype(np.float64), labels

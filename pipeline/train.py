@@ -243,6 +243,8 @@ def main(cfg: Config, args: Any, rep: Reporter) -> int:
 
     subjects = getattr(args, "subjects", None)
     fraction = getattr(args, "train_fraction", None) or cfg.training.train_fraction
+    if getattr(args, "classifier", None):
+        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"classifier": args.classifier})})
     spark = get_spark(cfg)
     try:
         result = train(spark, cfg, subjects=subjects, fraction=fraction, alias=not getattr(args, "no_alias", False),

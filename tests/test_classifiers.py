@@ -117,8 +117,12 @@ def test_model_takes_the_reference_or_a_calibration_block_through_params(data):
     np.testing.assert_allclose(by_block["probability"], by_ref["probability"])
     source = model.predict(None, X[test][30:], params={"reference": [], "calibration": []})
     np.testing.assert_allclose(source["probability"], model.predict(None, X[test][30:])["probability"])
-    with pytest.raises(ValueError, match="whole number of epochs"):
+    with pytest.raises(ValueError, match="whole number of epochs"):  # InputError: the endpoint answers 400
         model.predict(None, X[test][:2], params={"calibration": [1.0, 2.0]})
+    with pytest.raises(ValueError, match="8 channels"):
+        model.predict(None, X[test][:2], params={"reference": np.eye(3).ravel().tolist()})
+    with pytest.raises(ValueError, match="positive definite"):
+        model.predict(None, X[test][:2], params={"reference": (-np.eye(8)).ravel().tolist()})
     names = [p.name for p in model_signature(X.shape[1]).params.params]
     assert names == ["reference", "calibration"]
 
@@ -173,3 +177,14 @@ def test_per_subject_metrics_skip_undefined_subjects():
     assert per[1] == 1.0 and per[2] == 0.0 and np.isnan(per[3])
     assert subject_summary(per) == {"roc_auc_subject_mean": 0.5, "roc_auc_subject_min": 0.0}
     assert subject_summary({1: float("nan")}) == {}
+
+
+@pytest.mark.parametrize("alignment", ["none", "recenter"])
+def test_a_flat_epoch_gets_a_score_not_an_error(data, alignment):
+    """The endpoint warms a model up with zeros; a dead channel gives zero variance too."""
+    X, y, g = data
+    pipe = build_classifier("xdawn_ts", N_TIMES, alignment)
+    pipe.fit(X, y, **fit_params(pipe, g))
+    flat = np.zeros((2, X.shape[1]), np.float32)
+    flat[1, :N_TIMES] = X[0, :N_TIMES]  # one live channel, the others dead
+    assert np.isfinite(pipe.predict_proba(flat)).all()
