@@ -2,6 +2,7 @@
 
     python benchmarks/train.py            # 10 subjects, 12 min, 16 channels, 512 Hz
     python benchmarks/train.py --quick    # 3 subjects, 2 min, 8 channels, 256 Hz (validation)
+    python benchmarks/train.py --classifiers lda,xdawn_ts   # train time of each, ratio to the first
 
 Builds (once, cached under --root) a features table from synthetic subjects through
 the real preprocessing, in a child process so the measured process holds only what
@@ -125,12 +126,38 @@ def _measure(fn, repeat: int = 3):
     return best, peak - before, out
 
 
+def compare_training(spark, cfg: Config, classifiers: list[str], root: Path) -> int:
+    """`p300 train` on all subjects with each classifier, same table, same process: the
+    first is the baseline (best of 2 each, fresh MLflow store per run)."""
+    from pipeline.report import Reporter
+    from pipeline.train import train
+
+    seconds = {}
+    for name in classifiers:
+        c = cfg.model_copy(update={"training": cfg.training.model_copy(update={"classifier": name})})
+        best = float("inf")
+        for _ in range(2):
+            shutil.rmtree(root / "mlflow", ignore_errors=True)
+            t0 = time.perf_counter()
+            result = train(spark, c, fraction=1.0, force=True, rep=Reporter(quiet=True))
+            best = min(best, time.perf_counter() - t0)
+        seconds[name] = best
+        print(f"  {name:<10} {best:6.1f}s end to end (CV {result.metrics['cv_seconds']:.1f}s, final fit "
+              f"{result.metrics['fit_seconds']:.1f}s), CV ROC AUC {result.metrics['cv_roc_auc']:.3f}", flush=True)
+    base = classifiers[0]
+    for name in classifiers[1:]:
+        print(f"train time {name} / {base}: {seconds[name] / seconds[base]:.2f}x")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for validating the script")
     ap.add_argument("--root", type=Path, default=None, help="where the cached features table lives")
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--subjects", type=int, default=None)
+    ap.add_argument("--classifiers", default=None, metavar="A,B",
+                    help="only time `p300 train` with each classifier (the first is the baseline) and print ratios")
     args = ap.parse_args()
     subjects, minutes, channels, sfreq = (3, 2.0, 8, 256.0) if args.quick else (10, 12.0, 16, 512.0)
     subjects = args.subjects or subjects
@@ -153,6 +180,8 @@ def main() -> int:
     from pipeline.train import train
 
     spark = get_spark(cfg)
+    if args.classifiers:
+        return compare_training(spark, cfg, args.classifiers.split(","), root)
     version = table_version(spark, cfg, "features")
     ids = feature_subjects(spark, cfg, version)
     rss0, _ = _rss_mib()
