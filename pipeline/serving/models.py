@@ -168,7 +168,10 @@ def score(model: LoadedModel, body: bytes) -> bytes:
     except scoring.InputError as exc:
         raise ApiError(400, "BAD_REQUEST", str(exc)) from None
     if model.fast is not None and (params is None or model.fast_takes_params):
-        proba, labels = model.fast(matrix) if params is None else model.fast(matrix, params=params)
+        try:
+            proba, labels = model.fast(matrix) if params is None else model.fast(matrix, params=params)
+        except scoring.InputError as exc:  # the model refused the request's params (e.g. a subject reference)
+            raise ApiError(400, "BAD_REQUEST", str(exc)) from None
         preds = [{"probability": p, "label": l} for p, l in zip(proba.tolist(), labels.tolist())]
         return orjson.dumps({"predictions": preds}) if orjson is not None else \
             json.dumps({"predictions": preds}).encode()
