@@ -6,17 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, load_config
+from config_factory import make_config
+from pipeline.config import Config
 from pipeline.spark import get_spark
-
-
-def make_config(root: Path, **overrides: str) -> Config:
-    """A test configuration on a temporary root (the environment is ignored on purpose)."""
-    # small raw_eeg chunks, so that test recordings (seconds to a minute) span several rows,
-    # and C1-only JIT whatever the cores, so the suite's JVM is the same everywhere
-    sets = {"spark.master": "local[2]", "spark.shuffle_partitions": "2", "storage.raw_chunk_samples": "2048",
-            "spark.jit": "c1", **overrides}
-    return load_config(root=str(root), env={}, overrides=sets)
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from pipeline.tables import FEATURES_SCHEMA
 def features_frame(subjects: tuple[int, ...], minutes: float, n_channels: int, sfreq: float,
                    seed: int = 0) -> pd.DataFrame:
     """Preprocessed epochs of synthetic subjects (default preprocessing configuration)."""
-    from conftest import make_config
+    from config_factory import make_config
     from udfs.preprocess import Settings, preprocess_subject
 
     settings = Settings.from_config(make_config(Path("/tmp/p300-unused")), sfreq)

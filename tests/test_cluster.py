@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
-from conftest import make_config
+from config_factory import make_config
 
 from pipeline import jobs
 from pipeline.cli import build_parser

@@ -15,7 +15,7 @@ from pipeline.config import ConfigError
 from pipeline.serving import get_endpoint, served_versions, stop_local_server, traffic_routes, workspace_client
 from pipeline.storage import read_table
 from synth_features import standard_frame, write_features
-from conftest import make_config
+from config_factory import make_config
 
 
 def p300(root, *argv: str) -> int:

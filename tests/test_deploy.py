@@ -12,7 +12,7 @@ import httpx
 import pytest
 from databricks.sdk.service.serving import ServedEntityInput
 
-from conftest import make_config
+from config_factory import make_config
 from pipeline import registry as reg
 from pipeline import serving as sv
 from pipeline.cli import run

@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import make_config
+from config_factory import make_config
 from pipeline import registry as reg
 from pipeline.cli import run
 from pipeline.config import load_config

@@ -12,7 +12,7 @@ from pipeline.report import Reporter
 from pipeline.retrain_flag import retrain_requested
 from pipeline.storage import read_table, table_version
 
-from conftest import make_config  # noqa: E402  (the config factory, not a fixture)
+from config_factory import make_config  # noqa: E402  (the config factory, not a fixture)
 
 NORMAL = {"gain": 1.0, "signal": 1.5}
 DRIFTED = {"gain": 2.5, "signal": 0.3}  # a louder headset, a weaker P300

@@ -13,7 +13,7 @@ from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking._model_registry.utils import _get_store_registry
 from mlflow.utils._unity_catalog_utils import model_version_from_uc_proto, model_version_search_from_uc_proto
 
-from conftest import make_config
+from config_factory import make_config
 from pipeline import registry as reg
 
 

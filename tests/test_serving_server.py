@@ -26,7 +26,7 @@ from databricks.sdk.service.serving import (
     TrafficConfig,
 )
 
-from conftest import make_config
+from config_factory import make_config
 from pipeline import serving as sv
 from pipeline.cli import run
 from pipeline.config import ConfigError

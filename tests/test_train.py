@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from conftest import make_config
+from config_factory import make_config
 from pipeline import plots
 from pipeline import registry as reg
 from pipeline.cli import run
