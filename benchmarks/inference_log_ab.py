@@ -3,7 +3,7 @@ measured in one run, alternating rounds so that the shared machine's load falls 
 
 Run through ``benchmarks/serving.py --inference-log`` (same sizes and clients as the serving
 benchmark). Prints p50/p99 of sequential requests, epochs per second with concurrent
-clients, the on/off ratios against the issue's 10% target, and the rows the log committed.
+clients, the on/off ratios against a 10% target, and the rows the log committed.
 """
 from __future__ import annotations
 

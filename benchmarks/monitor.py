@@ -4,7 +4,7 @@ Writes a model version with lineage (a features table of its training epochs), t
 ``--requests`` requests of ``--epochs`` epochs (16 channels x 71 samples, the demo's
 shape) with the server's own writer over ten past windows, and times the monitor: the
 first run (which also scores the version's training baseline once) and a rerun (nothing
-new to do). The target (issue 19): under 60 s for 100,000 epochs on 2 cores.
+new to do). The target: under 60 s for 100,000 epochs on 2 cores.
 
     .venv/bin/python benchmarks/monitor.py              # 1,000 requests x 100 epochs
     .venv/bin/python benchmarks/monitor.py --quick      # 20 x 50
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(includes the version's baseline); rerun ({again.processed} windows): {t_again:.1f}s")
     print(f"rule: {first.outcome.reason if first.outcome else 'n/a'}")
     if not args.quick:
-        print(f"target (issue 19): under 60 s for 100,000 epochs: {'met' if t_first < 60 else 'MISSED'}")
+        print(f"target: under 60 s for 100,000 epochs: {'met' if t_first < 60 else 'MISSED'}")
     print(f"machine: {os.cpu_count()} cores; load average {load0[0]:.2f} before, {os.getloadavg()[0]:.2f} after "
           "(shared with other engineers' work)")
     return 0

@@ -19,7 +19,7 @@ For each size N it measures, in one run:
        SparkSession start excluded and reported apart.
 
 From the two sizes it fits T(N) = fixed + marginal * N per variant and prints the
-ratios against the issue's targets. Data (synthetic subjects, ingested once per
+ratios against its targets. Data (synthetic subjects, ingested once per
 size, untimed) stays under --workdir so a rerun skips generation.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ the same request bytes: a batch of epochs as ``inputs`` and as ``dataframe_split
 Prints, from one run: p50 and p99 latency and epochs per second of sequential requests
 per server and format; epochs per second with concurrent clients (threads with their
 own keep-alive connection, on the same cores as the servers); and the ratios
-(mlflow / local for latency, local / mlflow for throughput) with the issue's targets.
+(mlflow / local for latency, local / mlflow for throughput) with its targets.
 
     .venv/bin/python benchmarks/serving.py            # full: 100 epochs, 300 requests, 4 clients x 15 s
     .venv/bin/python benchmarks/serving.py --quick    # tiny sizes, to check that it runs
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"p50 latency, mlflow / local: inputs {fmt_ratio(r_inputs)}, dataframe_split {fmt_ratio(r_split)}; "
           f"throughput local / mlflow: {fmt_ratio(eps_ratio)}")
     if not args.quick:
-        print("targets (issue 5): "
+        print("targets: "
               f"local p50 inputs <= 15 ms: {'met' if local_inputs <= 15 else 'MISSED'} ({local_inputs:.1f}); "
               f"inputs >= 4x: {'met' if r_inputs and r_inputs >= 4 else 'MISSED'}; "
               f"dataframe_split >= 10x: {'met' if r_split and r_split >= 10 else 'MISSED'}; "

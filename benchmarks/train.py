@@ -7,7 +7,7 @@
 Builds (once, cached under --root) a features table from synthetic subjects through
 the real preprocessing, in a child process so the measured process holds only what
 training needs. Then, in this process: the features transfer the way `p300 train` does
-it (Arrow batches copied into one float32 matrix) against the baseline the issue rules
+it (Arrow batches copied into one float32 matrix) against the baseline it rules
 out (`collect()` of Rows) and against `toPandas()` + `np.stack`, each timed (best of 3;
 the baseline once) with its peak RSS growth measured in a second pass (Linux VmHWM,
 reset before each); then `p300 train` on all subjects (CV, fit, MLflow logging,
@@ -79,7 +79,7 @@ def _query(spark, cfg, subjects, version):
 
 
 def _rows_load(spark, cfg, subjects, version):
-    """The baseline the issue rules out: Python Rows holding lists of Python floats."""
+    """The baseline ruled out: Python Rows holding lists of Python floats."""
     rows = _query(spark, cfg, subjects, version).collect()
     return np.array([r["features"] for r in rows], dtype=np.float32)
 

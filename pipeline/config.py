@@ -116,7 +116,7 @@ class Training(_Strict):
     min_subjects: int = Field(2, ge=1)
     cv_folds: int = Field(5, ge=2)
     seed: int = 42
-    # model (issue 18): classifier registry, per-subject alignment, `p300 compare`
+    # model: classifier registry, per-subject alignment, `p300 compare`
     classifier: ClassifierName = "xdawn_ts"
     alignment: Literal["none", "recenter"] = "none"
     candidates: list[str] = Field(default_factory=lambda: ["lda", "xdawn_ts", "xdawn_ts+recenter"], min_length=1)
@@ -177,7 +177,7 @@ class SparkConf(_Strict):
     # Ingest holds a landing file that is not on the local file system whole in it, several
     # copies per running task; queries and Delta commits need room beside that.
     driver_memory: str | None = Field("4g", pattern=r"^[0-9]+[kKmMgGtT]?$")
-    # That driver's JIT (README, "Performance"). c1: C1 only, which was faster on 2 cores, where
+    # That driver's JIT (docs/performance.md). c1: C1 only, which was faster on 2 cores, where
     # C2's compiler threads compete with jobs of seconds; tiered: the JVM's C1 + C2, which was
     # faster on 16 cores; auto: c1 on a machine with at most 2 cores, else tiered.
     jit: Literal["auto", "c1", "tiered"] = "auto"

@@ -5,7 +5,7 @@ Delta, Parquet and Arrow classes, first at session start and again on each first
 first Delta table, the first Arrow UDF). A dynamic CDS archive (JDK 13+) holds those
 classes already parsed and verified, and the JVM maps it at start. On the 2-core
 development machine it halved session start (3.4 -> 1.7 s) and took about 2 s off a
-first ingest (README, "Performance").
+first ingest (docs/performance.md).
 
 The archive belongs to one set of jar files: its file name is a hash of pyspark's version
 and the path, size and modification time of its jars and the Delta jars (what the JVM

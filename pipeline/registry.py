@@ -1,6 +1,6 @@
 """MLflow tracking and model registry access, configured from Config only.
 
-The one module that knows registry conventions (DESIGN.md): aliases ``challenger``
+The one module that knows registry conventions: aliases ``challenger``
 and ``champion``, stages where the registry still has them (workspace registry,
 SQLite, a tracking server) and none where it has not (Unity Catalog), and the
 lineage each version's run records (training subjects, the features table and its

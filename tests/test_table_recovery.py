@@ -1,4 +1,4 @@
-"""Table creation after a crash during creation (issue: the `_staged_commits`-only wedge).
+"""Table creation after a crash during creation (the `_staged_commits`-only wedge).
 
 Each state below is what a process killed inside Delta's table creation (or inside a
 first write) leaves: the folders are built byte for byte as found after such kills.
@@ -36,7 +36,7 @@ def _create_and_use(spark, cfg, name: str) -> None:
 def test_a_log_without_a_commit_counts_as_not_created(spark, cfg, leftover):
     log = _log(cfg, "ingest_log")
     log.mkdir(parents=True)
-    if leftover == "staged_dir":  # the state in the issue: `ls _delta_log` -> _staged_commits
+    if leftover == "staged_dir":  # the wedged state: `ls _delta_log` -> _staged_commits
         (log / "_staged_commits").mkdir()
     elif leftover == "temp_commit":  # the log store's temporary commit file, not yet renamed
         (log / "_staged_commits").mkdir()
@@ -76,8 +76,8 @@ def test_a_log_delta_cannot_read_is_left_alone_with_a_clear_error(spark, cfg):
     assert (log / "_last_checkpoint").exists() and data.exists()
 
 
-def test_ingest_converges_on_the_wedged_root_of_the_issue(spark, cfg):
-    """The issue's wedge: the first ingest killed while creating raw_eeg; every rerun failed."""
+def test_ingest_converges_on_the_wedged_root(spark, cfg):
+    """The wedge: the first ingest killed while creating raw_eeg; every rerun failed."""
     from pipeline.ingest import ingest
 
     frame = synth_subject(1, minutes=0.5, n_channels=4, sfreq=128.0, seed=0)

@@ -36,7 +36,7 @@ def raw_channels(spark: SparkSession, cfg: Config) -> list[str]:
     raw = storage.read_table(spark, cfg, RAW_EEG)
     if not raw_chunks.is_chunked(raw):
         raise RuntimeError(f"{cfg.table(RAW_EEG)} has the old one-row-per-sample layout; this version stores "
-                           "chunk rows (see README, 'raw_eeg layout'): move that table aside and ingest the "
+                           "chunk rows (docs/data-contract.md, 'raw_eeg'): move that table aside and ingest the "
                            "archived files again")
     return channel_columns(raw.columns, cfg.signal.channel_prefix)
 
