@@ -26,6 +26,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -145,23 +146,30 @@ def subcommands() -> tuple[str, ...]:
     return names
 
 
-@functools.lru_cache(maxsize=None)
-def help_text(command: str | None) -> str:
-    """`p300 [COMMAND] --help`, formatted by the same parser in this process."""
-    from pipeline.cli import build_parser
+def _help(*words: str) -> str:
+    out = subprocess.run([console_script(words[0]), *words[1:], "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, f"{shlex.join(words)} --help exited {out.returncode}: {out.stderr}"
+    return out.stdout
 
-    parser = build_parser()
-    if command is None:
-        return parser.format_help()
-    sub = next(a for a in parser._subparsers._group_actions if a.choices)  # argparse's own subparser action
-    return sub.choices[command].format_help()
+
+@functools.lru_cache(maxsize=None)
+def all_help() -> dict[str | None, str]:
+    """`p300 --help` and `p300 COMMAND --help` of every subcommand, from the installed console
+    script (in parallel: each is a short interpreter start)."""
+    names = subcommands()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        texts = list(pool.map(lambda c: _help("p300", c), names))
+    return {None: _help("p300"), **dict(zip(names, texts))}
+
+
+def help_text(command: str | None) -> str:
+    return all_help()[command]
 
 
 @functools.lru_cache(maxsize=None)
 def submit_help() -> str:
-    out = subprocess.run([console_script("p300-submit"), "--help"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
+    return _help("p300-submit")
 
 
 def flags_of(words: list[str]) -> list[str]:
