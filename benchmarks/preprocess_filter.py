@@ -36,6 +36,7 @@ def baseline_module(rev: str, where: Path):
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("baseline_preprocess", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there while the class is built
     spec.loader.exec_module(module)
     return module
 
