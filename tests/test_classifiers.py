@@ -188,3 +188,20 @@ def test_a_flat_epoch_gets_a_score_not_an_error(data, alignment):
     flat = np.zeros((2, X.shape[1]), np.float32)
     flat[1, :N_TIMES] = X[0, :N_TIMES]  # one live channel, the others dead
     assert np.isfinite(pipe.predict_proba(flat)).all()
+
+
+def test_xdawn_covariances_match_pyriemanns_computed_for_all_epochs_at_once(data):
+    """The same matrices as pyRiemann's XdawnCovariances with the same estimator, which
+    calls a callable estimator once per epoch (the reason this step exists)."""
+    from pyriemann.estimation import XdawnCovariances as PyRiemannXdawnCovariances
+
+    from pipeline.classifiers import XdawnCovariances, shrunk_covariances
+
+    X, y, _ = data
+    epochs = Epochs(N_TIMES).fit(X).transform(X).astype(np.float64)
+    ours = XdawnCovariances(nfilter=3, classes=[1]).fit(epochs, y)
+    theirs = PyRiemannXdawnCovariances(nfilter=3, classes=[1], estimator=shrunk_covariances,
+                                       xdawn_estimator="lwf").fit(epochs, y)
+    got = ours.transform(epochs[:50])
+    assert got.shape == (50, 6, 6)
+    np.testing.assert_allclose(got, theirs.transform(epochs[:50]), rtol=1e-7, atol=1e-9 * np.abs(got).max())
