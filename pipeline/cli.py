@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                         help="override one config value, e.g. --set training.cv_folds=3 (repeatable)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show everything: Spark's and the JVM's startup lines, library logs (spark.quiet=false)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("synth", help="write realistic synthetic subject files into the landing zone")
@@ -196,10 +198,11 @@ def run(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None
     parser = build_parser()
     args = parser.parse_args(argv)
     rep = reporter or Reporter(quiet=args.quiet)
-    _quiet_libraries(os.environ if environ is None else environ)
+    if not args.verbose:
+        _quiet_libraries(os.environ if environ is None else environ)
     try:
         cfg = load_config(args.conf, root=args.root, env=os.environ if environ is None else environ,
-                          overrides=args.overrides)
+                          overrides=[*args.overrides, *(["spark.quiet=false"] if args.verbose else [])])
     except ConfigError as exc:
         print(f"p300: {exc}", file=sys.stderr)
         return 2

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "Config",
@@ -49,12 +50,19 @@ class Tables(_Strict):
 
 
 class Storage(_Strict):
-    root: str = "./lakehouse"
+    root: str = Field("./lakehouse", validate_default=True)
     landing: str = "landing-zone"
     archive: str = "archive"
     quarantine: str = "quarantine"
     raw_chunk_samples: int = Field(16384, ge=64)  # samples per raw_eeg row (udfs/raw_chunks.py)
     tables: Tables = Field(default_factory=Tables)
+
+    @field_validator("root")
+    @classmethod
+    def _absolute(cls, root: str) -> str:
+        """A relative local root is resolved once, here, against the working directory (Spark, Delta and
+        MLflow then get absolute paths); URIs (dbfs:, s3://, file:) and absolute paths stay as they are."""
+        return root if re.match(r"[A-Za-z][\w+.-]*:", root) else os.path.abspath(os.path.expanduser(root))
 
 
 class EventIds(_Strict):
@@ -187,6 +195,7 @@ class SparkConf(_Strict):
     # sessions then map (pipeline/jvm_archive.py); null: never use one.
     class_archive_dir: str | None = "~/.cache/p300-pipeline/jvm"
     log_level: str = "WARN"
+    quiet: bool = True  # drop JVM startup lines a user cannot act on (pipeline/spark_quiet.py); p300 --verbose: false
     delta_version: str = "4.4.0"
     delta_jars: list[str] = Field(default_factory=list)
     # Spark Connect server (sc://host:port; docs/architecture.md); null: a classic session

@@ -90,7 +90,7 @@ TASK_COMMANDS: tuple[str, ...] = ("ingest", "preprocess", "train", "deploy", "ev
 # console script name -> "module:function", as setup.py declares them
 ENTRY_POINTS: dict[str, str] = {f"p300-{c}": f"pipeline.jobs:{c}_task" for c in TASK_COMMANDS}
 
-_GLOBAL_DESTS = ("conf", "root", "overrides", "quiet")
+_GLOBAL_DESTS = ("conf", "root", "overrides", "quiet", "verbose")
 
 
 def task_arguments(task: Task, job_args: argparse.Namespace | None = None,

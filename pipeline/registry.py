@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -54,10 +55,26 @@ __all__ = [
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
 
+def _sqlite_store(store_uri: str, artifact_uri: str | None = None) -> Any:
+    """MLflow's SQL tracking store on a SQLite file, its default artifact root beside the file:
+    MLflow's own default, ``./mlruns``, is a folder it makes in the working directory whenever a
+    process opens the store."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db = store_uri.split("sqlite:///", 1)[-1].split("?", 1)[0]
+    if artifact_uri is None and db.startswith("/"):
+        artifact_uri = (Path(db).parent / "artifacts").as_uri()
+    return SqlAlchemyStore(store_uri, artifact_uri or "./mlruns")
+
+
 def mlflow_client(cfg: Config) -> MlflowClient:
     """A client on the configured stores; also points MLflow's fluent API at them (the edge)."""
     if cfg.registry.tracking_uri is None:
         (cfg.local_root / "mlflow").mkdir(parents=True, exist_ok=True)
+    if cfg.tracking_uri.startswith("sqlite:"):
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        _tracking_store_registry.register("sqlite", _sqlite_store)  # MLflow's plugin hook for a URI scheme
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.registry_uri)
     return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri)

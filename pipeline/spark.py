@@ -16,6 +16,7 @@ from pyspark.sql import SparkSession
 from pipeline.class_archive import archive_options
 from pipeline.config import Config, SparkConf as SparkSettings  # pyspark has a SparkConf too
 from pipeline.delta_jars import delta_artifact, delta_jar_paths
+from pipeline.spark_quiet import launch_filtered_gateway, log4j_file
 
 __all__ = ["get_spark", "delta_artifact", "delta_jar_paths", "driver_java_options", "spark_conf_pairs", "C1_ONLY"]
 
@@ -45,6 +46,8 @@ def spark_conf_pairs(cfg: Config, for_tests: bool = False, class_archive: bool =
         "spark.driver.host": "127.0.0.1",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.session.timeZone": "UTC",
+        # everything a run writes goes under the root, nothing into the working directory
+        "spark.sql.warehouse.dir": cfg.path("spark-warehouse"),
         "spark.databricks.delta.snapshotPartitions": "2",
         "spark.sql.adaptive.enabled": "true",
         "spark.python.worker.reuse": "true",
@@ -60,6 +63,11 @@ def spark_conf_pairs(cfg: Config, for_tests: bool = False, class_archive: bool =
         # JVM) after three preprocess runs in one process failed on a fragmented 1g heap
         conf["spark.driver.memory"] = cfg.spark.driver_memory
     options = [driver_java_options(cfg.spark, cores)]
+    log4j = log4j_file() if cfg.spark.quiet else None
+    if log4j:
+        options.append(f"-Dlog4j2.configurationFile=file:{log4j}")
+    if cfg.is_local_root:  # Derby's files, should anything start a Hive metastore
+        options.append(f"-Dderby.system.home={cfg.local_root / 'metastore'}")
     if class_archive:  # only for a driver JVM started here (get_spark): the archive is a file on this machine
         options.append(archive_options(cfg))
     java_options = " ".join(o for o in options if o)
@@ -87,8 +95,14 @@ def get_spark(cfg: Config, for_tests: bool = False) -> SparkSession:
     # A Python-launched SparkContext reads its workers' interpreter from PYSPARK_PYTHON only
     # (spark.pyspark.python is honoured by spark-submit alone): make it this interpreter.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder.master(cfg.spark.master).appName(cfg.spark.app_name)
-    for key, value in spark_conf_pairs(cfg, for_tests, class_archive=True).items():
+    if cfg.spark.master.startswith("local"):  # the address the driver binds to (spark.driver.host)
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    pairs = {"spark.master": cfg.spark.master, "spark.app.name": cfg.spark.app_name,
+             **spark_conf_pairs(cfg, for_tests, class_archive=True)}
+    if cfg.spark.quiet:
+        launch_filtered_gateway(pairs)
+    builder = SparkSession.builder
+    for key, value in pairs.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(cfg.spark.log_level)

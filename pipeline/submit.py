@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from importlib import resources
 from pathlib import Path
 from typing import Mapping, Sequence
 from urllib.parse import urlparse
@@ -31,6 +30,7 @@ from urllib.parse import urlparse
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.driver import CODE_ARCHIVE_PREFIX
 from pipeline.spark import spark_conf_pairs
+from pipeline.spark_quiet import packaged_conf_dir
 
 __all__ = ["spark_home", "is_loopback_master", "submit_command", "submit_env", "code_archive", "main"]
 
@@ -70,7 +70,7 @@ def code_archive(dest_dir: str | os.PathLike[str] | None = None) -> Path:
             for path in sorted(base.rglob("*.py")):
                 if "__pycache__" not in path.parts:
                     zf.writestr(f"{package.__name__}/{path.relative_to(base).as_posix()}", path.read_bytes())
-        conf = _conf_dir()
+        conf = packaged_conf_dir()
         zf.writestr("pipeline/conf/__init__.py", b"")
         for item in sorted(conf.iterdir()) if conf else []:
             if item.name.endswith((".yaml", ".properties")):
@@ -109,30 +109,10 @@ def submit_command(cfg: Config, p300_args: Sequence[str], master: str = "local[*
     cmd += ["--jars", ",".join(jars)] if jars else ["--packages", delta_artifact(cfg)]
     if py_files:
         cmd += ["--py-files", ",".join(py_files)]
-    log4j = _log4j_file()
-    if log4j and "spark.driver.extraJavaOptions" not in (spark_conf or {}):  # beside the config's JVM options
-        opts = f"{conf.get('spark.driver.extraJavaOptions', '')} -Dlog4j2.configurationFile=file:{log4j}"
-        conf["spark.driver.extraJavaOptions"] = opts.strip()
     for key, value in conf.items():
         cmd += ["--conf", f"{key}={value}"]
     cmd.append(app or str(Path(__file__).resolve().parent / "driver.py"))
     return cmd + list(p300_args)
-
-
-def _conf_dir() -> Path | None:
-    """The packaged conf folder: pipeline/conf in the wheel, conf/ in an editable checkout."""
-    try:
-        path = Path(str(resources.files("pipeline.conf")))
-    except ModuleNotFoundError:  # editable install: the mapped subpackage is not importable
-        path = Path(__file__).resolve().parent.parent / "conf"
-    return path if path.is_dir() else None
-
-
-def _log4j_file() -> str | None:
-    """The packaged quiet log4j2 configuration, when it is a plain file (it is, once installed)."""
-    conf = _conf_dir()
-    path = conf / "log4j2.properties" if conf else None
-    return str(path) if path and path.is_file() else None
 
 
 def _command_words(p300_args: Sequence[str]) -> list[str]:

@@ -4,6 +4,8 @@ import pytest
 
 from pipeline.config import ConfigError, load_config
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 def test_defaults_load_and_derive_paths(tmp_path: Path):
     cfg = load_config(root=str(tmp_path), env={})
@@ -38,6 +40,18 @@ def test_precedence_defaults_file_env_overrides_root(tmp_path: Path):
     assert (cfg.training.cv_folds, cfg.training.seed, cfg.root) == (4, 7, "/from/env")
     cfg = load_config(overlay, root="/from/cli", env=env, overrides=["training.cv_folds=6"])
     assert (cfg.training.cv_folds, cfg.root) == (6, "/from/cli")
+
+
+def test_a_relative_root_is_resolved_against_the_working_directory(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text("storage:\n  root: from-file\n")
+    for cfg, name in [(load_config(env={}), "lakehouse"), (load_config(root="cli/../x", env={}), "x"),
+                      (load_config(env={"P300_ROOT": "env"}), "env"), (load_config(overlay, env={}), "from-file")]:
+        assert cfg.root == str(tmp_path / name)
+        assert cfg.table("ingest_log") == f"{tmp_path / name}/delta/ingest_log"
+    for uri in ("dbfs:/FileStore/p300", "s3://bucket/p300", "/Volumes/main/p300/files", "file:/tmp/p300"):
+        assert load_config(root=uri, env={}).root == uri
 
 
 def test_databricks_overlay_by_name_and_catalog_tables():
@@ -82,10 +96,15 @@ def test_driver_jit_follows_the_cores_and_the_config():
 def test_driver_memory_and_java_options_reach_the_local_session(spark):
     from pipeline.spark import spark_conf_pairs
 
-    pairs = spark_conf_pairs(load_config(env={}, overrides=["spark.jit=c1"]))
+    cfg = load_config(env={}, overrides=["spark.jit=c1"])
+    pairs = spark_conf_pairs(cfg)
     assert pairs["spark.driver.memory"] == "4g"
-    assert pairs["spark.driver.extraJavaOptions"] == "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
-    unset = spark_conf_pairs(load_config(env={}, overrides=["spark.driver_memory=null", "spark.jit=tiered"]))
+    log4j = f"-Dlog4j2.configurationFile=file:{REPO / 'conf' / 'log4j2.properties'}"
+    derby = f"-Dderby.system.home={cfg.local_root / 'metastore'}"  # everything under the root
+    assert pairs["spark.driver.extraJavaOptions"] == f"-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m {log4j} {derby}"
+    assert pairs["spark.sql.warehouse.dir"] == f"{cfg.root}/spark-warehouse"
+    unset = spark_conf_pairs(load_config(root="s3://b/p300", env={}, overrides=[
+        "spark.driver_memory=null", "spark.jit=tiered", "spark.quiet=false"]))
     assert "spark.driver.memory" not in unset and "spark.driver.extraJavaOptions" not in unset
     with pytest.raises(ConfigError, match=r"spark\.driver_memory"):
         load_config(env={}, overrides=["spark.driver_memory=lots"])
