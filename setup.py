@@ -4,11 +4,14 @@ Pins (see README, "Why these pins"): delta-spark 4.4.0 is the newest release who
 Spark 4.2 jar (io.delta:delta-spark_4.2_2.13) is on Maven Central; it accepts
 pyspark <= 4.2.0. PySpark 4.2 does not fully support pandas 3, so pandas stays on 2.x.
 """
+import sys
 from pathlib import Path
 
 from setuptools import setup
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from pipeline.commands import console_scripts  # noqa: E402  (standard library only: the one command table)
 
 
 # What the wheel needs, as ranges: on a Databricks ML runtime the cluster's own pyspark,
@@ -39,20 +42,7 @@ setup(
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require={"local": SPARK_REQUIRES, "test": SPARK_REQUIRES + ["pytest>=8", "chispa>=0.10"]},
-    entry_points={
-        "console_scripts": [
-            "p300=pipeline.cli:main",
-            # one per job task: the bundle's python_wheel_task entry_points (pipeline/jobs.py)
-            "p300-ingest=pipeline.jobs:ingest_task",
-            "p300-preprocess=pipeline.jobs:preprocess_task",
-            "p300-train=pipeline.jobs:train_task",
-            "p300-deploy=pipeline.jobs:deploy_task",
-            "p300-evaluate=pipeline.jobs:evaluate_task",
-            "p300-promote=pipeline.jobs:promote_task",
-            "p300-monitor=pipeline.jobs:monitor_task",
-            # any p300 command under spark-submit with Delta (pipeline/submit.py)
-            "p300-submit=pipeline.submit:main",
-        ],
-    },
+    # p300, one per job task (the bundle's python_wheel_task entry points), p300-submit
+    entry_points={"console_scripts": console_scripts()},
     license="Apache-2.0",
 )

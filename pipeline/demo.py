@@ -39,10 +39,11 @@ STEPS: list[tuple[str, list[str]]] = [
 def _run_step(cfg: Config, argv: list[str], rep: Reporter) -> int:
     import importlib
 
-    from pipeline.cli import COMMANDS, build_parser
+    from pipeline.arguments import build_parser
+    from pipeline.commands import COMMAND
 
     args = build_parser().parse_args(argv)
-    return int(importlib.import_module(COMMANDS[args.command]).main(cfg, args, rep) or 0)
+    return int(importlib.import_module(COMMAND[args.command].module).main(cfg, args, rep) or 0)
 
 
 def _summary(cfg: Config, rep: Reporter, timings: list[tuple[str, float, int]]) -> None:

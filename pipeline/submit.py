@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 from urllib.parse import urlparse
 
+from pipeline.arguments import parse_global_options
+from pipeline.commands import split_global_options
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.driver import CODE_ARCHIVE_PREFIX
 from pipeline.spark import spark_conf_pairs
@@ -116,8 +118,6 @@ def submit_command(cfg: Config, p300_args: Sequence[str], master: str = "local[*
 
 
 def _command_words(p300_args: Sequence[str]) -> list[str]:
-    from pipeline.jobs import split_global_options
-
     _, rest = split_global_options(p300_args)
     return rest[:2] or ["p300"]
 
@@ -165,8 +165,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p300_args = argv[cut + 1:]
     if not p300_args:
         parser.error("no p300 command after `--`")
-    from pipeline.jobs import parse_global_options
-
     ns = parse_global_options(p300_args)
     extra: dict[str, str] = {}
     for item in opts.spark_conf:

@@ -4,7 +4,9 @@ import sys
 import pandas as pd
 import pytest
 
-from pipeline.cli import build_parser, run
+from pipeline import commands, jobs
+from pipeline.arguments import build_parser
+from pipeline.cli import run
 
 
 def test_help_lists_every_command(capsys):
@@ -14,6 +16,38 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for command in ["synth", "ingest", "preprocess", "train", "deploy", "evaluate", "promote", "endpoint", "job", "demo"]:
         assert command in out
+    for command in commands.COMMANDS:
+        assert f"    {command.name} " in out and command.help in " ".join(out.split())
+
+
+def test_every_command_of_the_table_has_a_module_with_main():
+    import ast
+    import importlib.util
+
+    for command in commands.COMMANDS:
+        spec = importlib.util.find_spec(command.module)
+        assert spec is not None and spec.origin, command
+        tree = ast.parse(open(spec.origin).read())
+        assert any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body), command.module
+
+
+def test_every_task_command_has_its_console_script_function():
+    for name in commands.TASK_COMMANDS:
+        command = commands.COMMAND[name]
+        module, function = commands.CONSOLE_SCRIPTS[command.entry_point].split(":")
+        assert module == "pipeline.jobs" and function == f"{name}_task"
+        assert callable(getattr(jobs, function)) and function in dir(jobs)
+    with pytest.raises(AttributeError):
+        jobs.synth_task  # noqa: B018  (not a job task: no console script)
+    with pytest.raises(ValueError, match="unknown task command"):
+        jobs.run_task("synth", [])
+
+
+def test_global_options_come_from_the_table():
+    args = build_parser().parse_args(["--conf", "c.yaml", "--root", "/r", "--set", "a=1", "--set", "b=2", "-q",
+                                      "deploy"])
+    assert (args.conf, args.root, args.overrides, args.quiet) == ("c.yaml", "/r", ["a=1", "b=2"], True)
+    assert {o.dest for o in commands.GLOBAL_OPTIONS} == {"conf", "root", "overrides", "quiet", "verbose"}
 
 
 def test_console_script_help_runs():

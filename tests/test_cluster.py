@@ -26,8 +26,8 @@ import pytest
 from chispa import assert_df_equality
 from config_factory import make_config
 
-from pipeline import jobs
-from pipeline.cli import build_parser
+from pipeline import job_runner
+from pipeline.arguments import build_parser
 from pipeline.tables import raw_samples
 from pipeline.report import Reporter
 from pipeline.submit import code_archive, spark_home, submit_command, submit_env
@@ -188,7 +188,7 @@ def test_ingest_and_preprocess_on_the_cluster_equal_a_local_run(standalone, spar
     try:
         # meanwhile the same job on the test's local session, in this process
         job = build_parser().parse_args(["job", "ingest_and_preprocess"])
-        assert jobs.main(local_cfg, job, Reporter(quiet=True)) == 0
+        assert job_runner.main(local_cfg, job, Reporter(quiet=True)) == 0
     except BaseException:
         _kill(proc)
         raise

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline import jobs
-from pipeline.cli import build_parser, run
+from pipeline import commands, job_runner
+from pipeline.arguments import build_parser, parse_global_options, task_arguments
+from pipeline.cli import run
 from pipeline.config import load_config
 from pipeline.spark import driver_java_options
 
@@ -112,27 +113,30 @@ def test_every_task_names_the_wheel_and_one_of_its_entry_points(wheel):
             assert callable(getattr(__import__(module, fromlist=[func]), func)), where
     # the wheel carries what the entry points and `--conf databricks.yaml` need
     assert {"pipeline/jobs.py", "pipeline/driver.py", "pipeline/conf/databricks.yaml"} <= set(wheel["files"])
-    assert {k: v for k, v in wheel["console_scripts"].items() if k in jobs.ENTRY_POINTS} == jobs.ENTRY_POINTS
+    # the wheel's console scripts are the command table's: p300, one per task command, p300-submit
+    assert wheel["console_scripts"] == commands.CONSOLE_SCRIPTS
+    tasks = {c.entry_point for c in commands.COMMANDS if c.task}
+    assert tasks == {t.entry_point for job in commands.JOBS.values() for t in job}  # each task runs in a job
 
 
 def test_bundle_jobs_are_the_jobs_of_p300_job():
     root, bundle_jobs = _bundle()
-    assert set(bundle_jobs) == set(jobs.JOBS)
-    for key in jobs.JOBS:  # `p300 job` accepts exactly these names
+    assert set(bundle_jobs) == set(commands.JOBS)
+    for key in commands.JOBS:  # `p300 job` accepts exactly these names
         assert build_parser().parse_args(["job", key]).name == key
     artifact = root["artifacts"]["p300_wheel"]
     assert artifact["type"] == "whl"
     for key, (path, job) in bundle_jobs.items():
         assert path.name == f"{key}.yml", "one file per job, named for it"
         declared = {p["name"]: p["default"] for p in job.get("parameters", [])}
-        assert declared == jobs.JOB_PARAMETERS[key]
+        assert declared == commands.JOB_PARAMETERS[key]
         refs = {name: f"{{{{job.parameters.{name}}}}}" for name in declared}
         clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job["job_clusters"]}
         previous = None
         conditions = {t["task_key"]: t["condition_task"] for t in job["tasks"] if "condition_task" in t}
         wheel_tasks = [t for t in job["tasks"] if "condition_task" not in t]
-        assert [t["task_key"] for t in wheel_tasks] == [t.key for t in jobs.JOBS[key]]
-        for task, expected in zip(wheel_tasks, jobs.JOBS[key]):
+        assert [t["task_key"] for t in wheel_tasks] == [t.key for t in commands.JOBS[key]]
+        for task, expected in zip(wheel_tasks, commands.JOBS[key]):
             assert task["python_wheel_task"]["entry_point"] == expected.entry_point
             assert task["python_wheel_task"]["parameters"] == ["--conf", "databricks.yaml", *expected.argv(refs)]
             deps = [d["task_key"] for d in task.get("depends_on", [])]
@@ -169,16 +173,16 @@ def test_targets_resolve_to_a_valid_configuration_on_an_ml_runtime(target):
         assert cfg.registry.registry_uri == "databricks-uc" and cfg.registry.model_name.count(".") == 2
 
 
-@pytest.mark.parametrize("job", list(jobs.JOBS))
+@pytest.mark.parametrize("job", list(commands.JOBS))
 def test_task_parameters_parse_with_the_command_line(job):
     _, bundle_jobs = _bundle()
     _, spec = bundle_jobs[job]
     choices = {"target": ["champion", "challenger", "both"]}
-    for task, expected in zip([t for t in spec["tasks"] if "python_wheel_task" in t], jobs.JOBS[job]):
+    for task, expected in zip([t for t in spec["tasks"] if "python_wheel_task" in t], commands.JOBS[job]):
         params = task["python_wheel_task"]["parameters"]
         for value in choices["target"] if "{{job.parameters.target}}" in params else [None]:
             argv = [p.replace("{{job.parameters.target}}", value or "") for p in params]
-            globals_, rest = jobs.split_global_options(argv)
+            globals_, rest = commands.split_global_options(argv)
             args = build_parser().parse_args([*globals_, expected.command, *rest])
             assert args.command == expected.command and args.conf == "databricks.yaml"
             if value:
@@ -189,16 +193,17 @@ def test_task_parameters_parse_with_the_command_line(job):
 
 def test_global_options_are_found_anywhere_in_a_task_command_line():
     argv = ["--target", "both", "--root", "/r", "--set", "a.b=1", "--batch-size", "8", "-q", "--conf=x.yaml"]
-    globals_, rest = jobs.split_global_options(argv)
+    globals_, rest = commands.split_global_options(argv)
     assert globals_ == ["--root", "/r", "--set", "a.b=1", "-q", "--conf=x.yaml"]
     assert rest == ["--target", "both", "--batch-size", "8"]
-    ns = jobs.parse_global_options(argv)
+    ns = parse_global_options(argv)
     assert (ns.root, ns.overrides, ns.quiet, ns.conf) == ("/r", ["a.b=1"], True, "x.yaml")
 
 
-def test_installed_entry_point_parses_sys_argv_like_a_wheel_task(root, monkeypatch, capsys):
-    """Look the entry point up as Databricks does, call it without arguments, parameters in sys.argv."""
-    (ep,) = [e for e in metadata.distribution("p300-pipeline").entry_points if e.name == "p300-evaluate"]
+def test_wheel_entry_point_parses_sys_argv_like_a_wheel_task(wheel, root, monkeypatch, capsys):
+    """Look the entry point up in the wheel as Databricks does, call it without arguments,
+    parameters in sys.argv."""
+    ep = metadata.EntryPoint("p300-evaluate", wheel["console_scripts"]["p300-evaluate"], "console_scripts")
     monkeypatch.setattr(sys, "argv", ["p300-pipeline", "--root", str(root), "--target", "nobody"])
     with pytest.raises(SystemExit) as exc:
         ep.load()()
@@ -209,8 +214,8 @@ def test_installed_entry_point_parses_sys_argv_like_a_wheel_task(root, monkeypat
 
 def test_task_arguments_carry_the_job_parameter_and_the_global_options():
     job_args = build_parser().parse_args(["--root", "/r", "-q", "job", "evaluate_model", "--target", "both"])
-    (task,) = jobs.JOBS["evaluate_model"]
-    args = jobs.task_arguments(task, job_args, {"target": job_args.target})
+    (task,) = commands.JOBS["evaluate_model"]
+    args = task_arguments(task, job_args, {"target": job_args.target})
     assert (args.command, args.target, args.root, args.quiet) == ("evaluate", "both", "/r", True)
     assert args.batch_size is None  # the command's own defaults, as `p300 evaluate` would have them
 
@@ -248,7 +253,7 @@ def test_job_reports_an_exception_in_a_task_and_stops(cfg, monkeypatch, capsys):
     args = build_parser().parse_args(["job", "train_and_deploy_challenger"])
     from pipeline.report import Reporter
 
-    assert jobs.main(cfg, args, Reporter()) == 1
+    assert job_runner.main(cfg, args, Reporter()) == 1
     err = capsys.readouterr().err
     assert "task train failed (RuntimeError: disk on fire); not run: deploy" in err
 
