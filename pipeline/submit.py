@@ -67,16 +67,19 @@ def code_archive(dest_dir: str | os.PathLike[str] | None = None) -> Path:
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        def add(name: str, data: bytes) -> None:  # a fixed time stamp: the same code, the same bytes
+            zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
+
         for package in (pipeline, udfs):
             base = Path(package.__file__).resolve().parent
             for path in sorted(base.rglob("*.py")):
                 if "__pycache__" not in path.parts:
-                    zf.writestr(f"{package.__name__}/{path.relative_to(base).as_posix()}", path.read_bytes())
+                    add(f"{package.__name__}/{path.relative_to(base).as_posix()}", path.read_bytes())
         conf = packaged_conf_dir()
-        zf.writestr("pipeline/conf/__init__.py", b"")
+        add("pipeline/conf/__init__.py", b"")
         for item in sorted(conf.iterdir()) if conf else []:
             if item.name.endswith((".yaml", ".properties")):
-                zf.writestr(f"pipeline/conf/{item.name}", item.read_bytes())
+                add(f"pipeline/conf/{item.name}", item.read_bytes())
     data = buf.getvalue()
     dest = Path(dest_dir or tempfile.gettempdir())
     dest.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,17 @@
 """Shared fixtures: one session-scoped local SparkSession with Delta (or the active one,
-so the suite also runs on a cluster), a fresh storage root and MLflow store per test."""
+so the suite also runs on a cluster), a fresh storage root and MLflow store per test.
+
+Test tiers: a test is marked by what it needs (pytest.ini lists the markers). Markers
+follow from the fixtures a test uses (``FIXTURE_MARKERS``), or are set by its module. A
+test without spark, cluster, connect or faults cannot start a JVM: its JAVA_HOME and PATH
+point at a ``java`` that fails with a message naming the missing marker. So
+``pytest -m "not spark and not server and not cluster and not connect and not faults"``
+is the pure tier, in seconds.
+"""
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -9,6 +19,11 @@ import pytest
 from config_factory import make_config
 from pipeline.config import Config
 from pipeline.spark import get_spark
+
+# fixture (used directly or through another fixture) -> marker of the tests that use it
+FIXTURE_MARKERS = {"spark": "spark", "mlflow_server": "server"}
+# tests that may start a JVM (in this process or a child)
+JVM_MARKERS = ("spark", "cluster", "connect", "faults")
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +49,32 @@ def cfg(root: Path) -> Config:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--all-points", action="store_true", default=False,
                      help="fault tests (-m faults): every kill point of every job, not only CI's sample")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for fixture, marker in FIXTURE_MARKERS.items():
+            if fixture in used and item.get_closest_marker(marker) is None:
+                item.add_marker(marker)
+
+
+@pytest.fixture(scope="session")
+def no_java_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A JAVA_HOME whose bin/java refuses to start, naming the marker the test lacks."""
+    home = tmp_path_factory.mktemp("no-jvm")
+    java = home / "bin" / "java"
+    java.parent.mkdir()
+    java.write_text("#!/bin/sh\necho 'this test starts a JVM: mark it spark (or cluster, connect, faults);"
+                    " see tests/conftest.py' >&2\nexit 1\n")
+    java.chmod(java.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return home
+
+
+@pytest.fixture(autouse=True)
+def _no_jvm_without_a_marker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if any(request.node.get_closest_marker(m) for m in JVM_MARKERS):
+        return
+    home = request.getfixturevalue("no_java_home")
+    monkeypatch.setenv("JAVA_HOME", str(home))
+    monkeypatch.setenv("PATH", f"{home / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")

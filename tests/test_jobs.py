@@ -222,6 +222,7 @@ def test_task_arguments_carry_the_job_parameter_and_the_global_options():
 
 # ---- p300 job ------------------------------------------------------------------------------------
 
+@pytest.mark.spark
 def test_job_runs_its_tasks_in_order_through_the_real_modules(root, capsys):
     # an empty landing zone: ingest has nothing to do, then preprocess finds no raw_eeg; both succeed
     code = run(["--root", str(root), "--set", "spark.master=local[2]", "job", "ingest_and_preprocess"], environ={})
@@ -232,6 +233,7 @@ def test_job_runs_its_tasks_in_order_through_the_real_modules(root, capsys):
     assert firsts == sorted(firsts)
 
 
+@pytest.mark.spark
 def test_job_stops_at_the_first_failed_task_with_its_error(root, capsys):
     # a real train on an empty root refuses (no features table): deploy must not run
     code = run(["--root", str(root), "--set", "spark.master=local[2]", "job", "train_and_deploy_challenger"],

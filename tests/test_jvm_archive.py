@@ -52,6 +52,7 @@ def test_the_archive_is_mapped_only_when_it_exists_and_only_by_local_sessions(tm
     assert touched not in (one, other, path)
 
 
+@pytest.mark.spark  # builds the archive in a local Spark session, then starts one on it
 def test_build_then_a_new_session_loads_spark_from_the_archive(tmp_path):
     cfg = load_config(env={}, overrides=[f"spark.class_archive_dir={tmp_path}", "spark.master=local[2]",
                                          "spark.jit=c1"])

@@ -168,6 +168,7 @@ def test_refuses_single_class(spark, features_cfg, cfg):
     assert nothing_logged(cfg)
 
 
+@pytest.mark.spark  # train looks the features table up in a session
 def test_refuses_without_features_table(cfg):
     code, out, err = train_cli(cfg)
     assert code == 1
