@@ -145,7 +145,21 @@ class Registry(_Strict):
     model_name: str = "p300-classifier"
     experiment: str = "p300-training"
     tracking_uri: str | None = None
-    registry_uri: str | None = None
+    registry_uri: str | None = None  # null: the tracking store's
+
+    @model_validator(mode="after")
+    def _registry_with_aliases(self) -> "Registry":
+        """The pipeline moves aliases: refuse the Databricks workspace registry (no aliases);
+        Unity Catalog names models catalog.schema.model."""
+        uri = (self.registry_uri or self.tracking_uri or "").lower()
+        if uri.split("://")[0] == "databricks":
+            raise ValueError(f"registry_uri {uri!r} is the Databricks workspace model registry, which has no "
+                             "aliases: set registry.registry_uri: databricks-uc and a three-level "
+                             "registry.model_name: catalog.schema.p300_classifier")
+        if uri.split("://")[0] == "databricks-uc" and self.model_name.count(".") != 2:
+            raise ValueError(f"model_name {self.model_name!r}: Unity Catalog (databricks-uc) needs a three-level "
+                             "name, catalog.schema.model (e.g. main.p300.p300_classifier)")
+        return self
 
 
 class Serving(_Strict):

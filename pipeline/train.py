@@ -229,7 +229,12 @@ def train(
     kill_point(cfg, "train.after_register")  # registered with its tags, alias not yet set
     alias_set = stage_set = False
     if alias:
-        reg.set_alias(client, cfg, reg.CHALLENGER, mv_version)
+        try:
+            reg.set_alias(client, cfg, reg.CHALLENGER, mv_version)
+        except Exception:  # registered with its fingerprint: a rerun finds this version and sets the alias
+            rep.warn(f"version {mv_version} is registered but alias {reg.CHALLENGER} was not set; run "
+                     "`p300 train` again with the same arguments to finish (it reuses the version)")
+            raise
         alias_set = True
         stage_set = reg.set_stage(client, cfg, mv_version, "Staging")
     return TrainResult(version=mv_version, run_id=run_id, subjects=chosen, features_version=version,

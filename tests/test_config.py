@@ -64,6 +64,32 @@ def test_databricks_overlay_by_name_and_catalog_tables():
         _ = cfg.local_root
 
 
+def test_databricks_overlay_uses_unity_catalog_with_a_three_level_model():
+    cfg = load_config("conf/databricks.yaml", env={})
+    assert cfg.registry_uri == "databricks-uc" and cfg.registry.model_name.count(".") == 2
+
+
+@pytest.mark.parametrize("sets", [["registry.registry_uri=databricks"],
+                                  ["registry.registry_uri=databricks://my-profile"],
+                                  ["registry.tracking_uri=databricks"]])  # the registry defaults to the tracking store
+def test_the_workspace_model_registry_is_refused_naming_what_to_set(sets):
+    with pytest.raises(ConfigError) as exc:
+        load_config(env={}, overrides=sets)
+    message = str(exc.value)
+    assert "workspace model registry" in message and "no aliases" in message
+    assert "registry.registry_uri: databricks-uc" in message and "catalog.schema.p300_classifier" in message
+    with pytest.raises(ConfigError, match="workspace model registry"):  # also from the environment
+        load_config(env={"MLFLOW_TRACKING_URI": "databricks"})
+
+
+def test_unity_catalog_needs_a_three_level_model_name():
+    with pytest.raises(ConfigError, match="three-level name"):
+        load_config(env={}, overrides=["registry.registry_uri=databricks-uc"])
+    cfg = load_config(env={}, overrides=["registry.tracking_uri=databricks", "registry.registry_uri=databricks-uc",
+                                         "registry.model_name=main.p300.p300_classifier"])
+    assert cfg.registry_uri == "databricks-uc"
+
+
 def test_spark_submit_launch_leaves_the_master_to_the_launcher():
     assert load_config(env={"PYSPARK_GATEWAY_PORT": "1234"}).spark.master is None
     assert load_config(env={}).spark.master == "local[*]"

@@ -169,8 +169,8 @@ def test_targets_resolve_to_a_valid_configuration_on_an_ml_runtime(target):
         assert cfg.table(table) == (name if target == "prod" else f"{cfg.root}/delta/{name}")
     assert cfg.registry.model_name == env["P300__REGISTRY__MODEL_NAME"]
     assert cfg.registry.experiment.startswith("/") and cfg.evaluation.experiment.startswith("/")
-    if target == "prod":
-        assert cfg.registry.registry_uri == "databricks-uc" and cfg.registry.model_name.count(".") == 2
+    # Unity Catalog on every target: aliases, a three-level model name
+    assert cfg.registry.registry_uri == "databricks-uc" and cfg.registry.model_name.count(".") == 2
 
 
 @pytest.mark.parametrize("job", list(commands.JOBS))

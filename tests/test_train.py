@@ -145,6 +145,33 @@ def test_no_alias_then_rerun_reuses_the_version_and_force_trains_again(tcfg):
     assert str(reg.alias_version(client, tcfg, reg.CHALLENGER).version) == "2"
 
 
+def test_a_failed_alias_after_registering_is_finished_by_a_rerun(tcfg, monkeypatch):
+    """set_alias fails after log_model and register_model: the version stays, tagged with its
+    fingerprint; the rerun trains nothing, registers nothing and sets the alias."""
+    from mlflow.exceptions import MlflowException
+
+    calls = []
+
+    def refuse(client, cfg, alias, version):
+        calls.append((alias, str(version)))
+        raise MlflowException("alias service unavailable", error_code="TEMPORARILY_UNAVAILABLE")
+
+    with monkeypatch.context() as m:
+        m.setattr(reg, "set_alias", refuse)
+        with pytest.raises(MlflowException, match="alias service unavailable"):
+            train_cli(tcfg, "--subjects", "1-3")
+    assert calls == [(reg.CHALLENGER, "1")]
+    client = reg.mlflow_client(tcfg)
+    assert [str(v.version) for v in registered_versions(tcfg)] == ["1"]
+    assert reg.alias_version(client, tcfg, reg.CHALLENGER) is None  # half-way: registered, no alias
+
+    code, out, err = train_cli(tcfg, "--subjects", "1-3")
+    assert code == 0, err
+    assert "already registered" in out and "alias challenger" in out
+    assert [str(v.version) for v in registered_versions(tcfg)] == ["1"] and len(runs_in(tcfg)) == 1
+    assert str(reg.alias_version(client, tcfg, reg.CHALLENGER).version) == "1"
+
+
 # ---- refusals: a clear message, the right exit code, nothing logged or registered -------
 
 @pytest.mark.parametrize("args, code, message", [
@@ -250,7 +277,7 @@ def _leaves(node):
 # ---- registry helpers ----------------------------------------------------------------------
 
 def test_stage_is_skipped_where_the_registry_has_none(root):
-    uc = make_config(root, **{"registry.registry_uri": "databricks-uc"})
+    uc = make_config(root, **{"registry.registry_uri": "databricks-uc", "registry.model_name": "main.p300.m"})
     assert reg.registry_has_stages(uc) is False
     assert reg.set_stage(None, uc, 1, "Staging") is False  # never calls the registry
     assert reg.registry_has_stages(make_config(root)) is True
@@ -273,7 +300,8 @@ def test_mlflow_environment_variables_configure_the_registry(root):
     assert cfg.artifact_location is None  # the server decides
     cfg = load_config(root=str(root), env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:5999",
                                            "P300__REGISTRY__TRACKING_URI": "http://127.0.0.1:6000",
-                                           "MLFLOW_REGISTRY_URI": "databricks-uc"})
+                                           "MLFLOW_REGISTRY_URI": "databricks-uc",
+                                           "P300__REGISTRY__MODEL_NAME": "main.p300.p300_classifier"})
     assert cfg.tracking_uri == "http://127.0.0.1:6000" and cfg.registry_uri == "databricks-uc"
 
 
