@@ -1,8 +1,8 @@
-"""Jobs: `p300 job NAME`, the wheel's task entry points, and the bundle that names them.
+"""Jobs: `p300 job NAME`, the wheel's task entry points, and spark-submit.
 
-The bundle test builds the real wheel (``setup.py bdist_wheel`` on a copy of the tree)
-and reads its metadata, as Databricks does when a python_wheel_task looks its
-``entry_point`` up under ``package_name``.
+The wheel tests build the real wheel (``setup.py bdist_wheel`` on a copy of the tree) and
+read its metadata, as Databricks does when a python_wheel_task looks its ``entry_point``
+up under ``package_name``. The bundle's own checks are in tests/test_bundle.py.
 """
 from __future__ import annotations
 
@@ -18,61 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from bundle_files import REPO, bundle
 from pipeline import commands, job_runner
 from pipeline.arguments import build_parser, parse_global_options, task_arguments
 from pipeline.cli import run
 from pipeline.config import load_config
 from pipeline.spark import driver_java_options
 
-REPO = Path(__file__).resolve().parent.parent
-BUNDLE_USER = "someone@example.com"
 
-
-# ---- the bundle ---------------------------------------------------------------------------------
-
-def _bundle() -> tuple[dict[str, Any], dict[str, tuple[Path, dict[str, Any]]]]:
-    root = yaml.safe_load((REPO / "databricks.yml").read_text())
-    jobs_by_key: dict[str, tuple[Path, dict[str, Any]]] = {}
-    for pattern in root["include"]:
-        for path in sorted(REPO.glob(pattern)):
-            doc = yaml.safe_load(path.read_text()) or {}
-            for key, job in doc.get("resources", {}).get("jobs", {}).items():
-                assert key not in jobs_by_key, f"job {key} defined twice ({path.name})"
-                jobs_by_key[key] = (path, job)
-    return root, jobs_by_key
-
-
-def _resolve(value: Any, variables: dict[str, Any], target: str) -> Any:
-    """Substitute ${var.*}, ${bundle.*} and ${workspace.current_user.userName} as `bundle validate` would."""
-    if isinstance(value, dict):
-        return {k: _resolve(v, variables, target) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_resolve(v, variables, target) for v in value]
-    if not isinstance(value, str):
-        return value
-    whole = re.fullmatch(r"\$\{var\.(\w+)\}", value)
-    if whole:  # a whole-value reference keeps the variable's type (complex variables)
-        return _resolve(variables[whole.group(1)], variables, target)
-
-    def one(m: re.Match[str]) -> str:
-        ref = m.group(1)
-        if ref.startswith("var."):
-            return str(_resolve(variables[ref[4:]], variables, target))
-        known = {"bundle.target": target, "bundle.name": "p300-pipeline",
-                 "workspace.current_user.userName": BUNDLE_USER}
-        assert ref in known, f"unexpected reference ${{{ref}}}"
-        return known[ref]
-
-    return re.sub(r"\$\{([\w.]+)\}", one, value)
-
-
-def _variables(root: dict[str, Any], target: str) -> dict[str, Any]:
-    values = {name: spec["default"] for name, spec in root["variables"].items()}
-    values.update(root["targets"][target].get("variables", {}))
-    return values
-
+# ---- the wheel -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> dict[str, Any]:
@@ -99,7 +54,7 @@ def wheel(tmp_path_factory) -> dict[str, Any]:
 
 
 def test_every_task_names_the_wheel_and_one_of_its_entry_points(wheel):
-    _, bundle_jobs = _bundle()
+    _, bundle_jobs = bundle()
     assert bundle_jobs, "no jobs found under resources/"
     for key, (path, job) in bundle_jobs.items():
         for task in job["tasks"]:
@@ -117,76 +72,6 @@ def test_every_task_names_the_wheel_and_one_of_its_entry_points(wheel):
     assert wheel["console_scripts"] == commands.CONSOLE_SCRIPTS
     tasks = {c.entry_point for c in commands.COMMANDS if c.task}
     assert tasks == {t.entry_point for job in commands.JOBS.values() for t in job}  # each task runs in a job
-
-
-def test_bundle_jobs_are_the_jobs_of_p300_job():
-    root, bundle_jobs = _bundle()
-    assert set(bundle_jobs) == set(commands.JOBS)
-    for key in commands.JOBS:  # `p300 job` accepts exactly these names
-        assert build_parser().parse_args(["job", key]).name == key
-    artifact = root["artifacts"]["p300_wheel"]
-    assert artifact["type"] == "whl"
-    for key, (path, job) in bundle_jobs.items():
-        assert path.name == f"{key}.yml", "one file per job, named for it"
-        declared = {p["name"]: p["default"] for p in job.get("parameters", [])}
-        assert declared == commands.JOB_PARAMETERS[key]
-        refs = {name: f"{{{{job.parameters.{name}}}}}" for name in declared}
-        clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job["job_clusters"]}
-        previous = None
-        conditions = {t["task_key"]: t["condition_task"] for t in job["tasks"] if "condition_task" in t}
-        wheel_tasks = [t for t in job["tasks"] if "condition_task" not in t]
-        assert [t["task_key"] for t in wheel_tasks] == [t.key for t in commands.JOBS[key]]
-        for task, expected in zip(wheel_tasks, commands.JOBS[key]):
-            assert task["python_wheel_task"]["entry_point"] == expected.entry_point
-            assert task["python_wheel_task"]["parameters"] == ["--conf", "databricks.yaml", *expected.argv(refs)]
-            deps = [d["task_key"] for d in task.get("depends_on", [])]
-            if expected.when_flag:  # a condition task on the previous task's value gates it
-                (gate,) = deps
-                assert conditions[gate] == {"op": "EQUAL_TO", "left": f"{{{{tasks.{previous}.values.{expected.when_flag}}}}}",
-                                            "right": "true"}
-                assert task["depends_on"] == [{"task_key": gate, "outcome": "true"}]
-                assert [d["task_key"] for t in job["tasks"] if t["task_key"] == gate for d in t["depends_on"]] == [previous]
-                deps = [previous]
-            assert deps == ([previous] if previous else []), f"{key}: tasks must run in order"
-            assert clusters[task["job_cluster_key"]] == "${var.job_cluster}"
-            assert task["libraries"] == [{"whl": "../dist/*.whl"}]
-            previous = task["task_key"]
-
-
-@pytest.mark.parametrize("target", ["dev", "prod"])
-def test_targets_resolve_to_a_valid_configuration_on_an_ml_runtime(target):
-    root, bundle_jobs = _bundle()
-    assert root["targets"]["dev"].get("default") is True
-    assert root["targets"][target]["mode"] == {"dev": "development", "prod": "production"}[target]
-    cluster = _resolve("${var.job_cluster}", _variables(root, target), target)
-    assert "-ml-" in cluster["spark_version"], "tasks need a Databricks Runtime for ML"
-    assert int(cluster["num_workers"]) >= 1 and cluster["node_type_id"]
-    env = {k: str(v) for k, v in cluster["spark_env_vars"].items()}
-    cfg = load_config("databricks.yaml", env=env)
-    assert cfg.root == env["P300_ROOT"] and cfg.serving.backend == "databricks" and cfg.spark.master is None
-    for table in ("raw_eeg", "ingest_log", "features", "preprocess_log", "predictions"):
-        name = env[f"P300__STORAGE__TABLES__{table.upper()}"]
-        assert cfg.table(table) == (name if target == "prod" else f"{cfg.root}/delta/{name}")
-    assert cfg.registry.model_name == env["P300__REGISTRY__MODEL_NAME"]
-    assert cfg.registry.experiment.startswith("/") and cfg.evaluation.experiment.startswith("/")
-    # Unity Catalog on every target: aliases, a three-level model name
-    assert cfg.registry.registry_uri == "databricks-uc" and cfg.registry.model_name.count(".") == 2
-
-
-@pytest.mark.parametrize("job", list(commands.JOBS))
-def test_task_parameters_parse_with_the_command_line(job):
-    _, bundle_jobs = _bundle()
-    _, spec = bundle_jobs[job]
-    choices = {"target": ["champion", "challenger", "both"]}
-    for task, expected in zip([t for t in spec["tasks"] if "python_wheel_task" in t], commands.JOBS[job]):
-        params = task["python_wheel_task"]["parameters"]
-        for value in choices["target"] if "{{job.parameters.target}}" in params else [None]:
-            argv = [p.replace("{{job.parameters.target}}", value or "") for p in params]
-            globals_, rest = commands.split_global_options(argv)
-            args = build_parser().parse_args([*globals_, expected.command, *rest])
-            assert args.command == expected.command and args.conf == "databricks.yaml"
-            if value:
-                assert args.target == value
 
 
 # ---- entry points ----------------------------------------------------------------------------------
