@@ -50,7 +50,28 @@ def wheel(tmp_path_factory) -> dict[str, Any]:
         parser.read_string(zf.read(f"{dist_info}/entry_points.txt").decode())
     name = re.search(r"^Name: (.+)$", meta, re.M).group(1).strip()
     points = {ep: target.strip() for ep, target in parser["console_scripts"].items()}
-    return {"path": whl, "name": name, "console_scripts": points, "files": names}
+    return {"path": whl, "name": name, "console_scripts": points, "files": names, "metadata": meta}
+
+
+def test_wheel_requirements_have_real_floors_and_serving_in_an_extra(wheel):
+    from packaging.requirements import Requirement
+
+    reqs = [Requirement(line.split(":", 1)[1].strip()) for line in wheel["metadata"].splitlines()
+            if line.startswith("Requires-Dist:")]
+    base = {r.name.lower(): r for r in reqs if r.marker is None}
+    serve = {r.name.lower() for r in reqs if r.marker is not None and r.marker.evaluate({"extra": "serve"})}
+    server_side = {"fastapi", "uvicorn", "httptools", "deltalake"}
+    assert server_side <= serve and not (server_side | {"pyspark", "delta-spark"}) & set(base)
+    assert not base["mlflow"].specifier.contains("2.22.0") and base["mlflow"].specifier.contains("3.0.0")
+    assert not base["scikit-learn"].specifier.contains("1.3.2")  # cross_validate(params=...) is 1.4
+    spark = [r for r in reqs if r.name == "pyspark"]
+    assert spark and all(not r.specifier.contains("3.5.3") for r in spark)  # DataFrame.toArrow: Spark 4
+    # the pinned development environment satisfies every range the wheel declares
+    pins = dict(line.split("#")[0].strip().split("==") for line in (REPO / "requirements.txt").read_text().splitlines()
+                if "==" in line.split("#")[0])
+    for r in reqs:
+        if r.name.lower() in pins:
+            assert r.specifier.contains(pins[r.name.lower()], prereleases=True), (str(r), pins[r.name.lower()])
 
 
 def test_every_task_names_the_wheel_and_one_of_its_entry_points(wheel):
