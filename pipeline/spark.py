@@ -14,7 +14,7 @@ import sys
 from pyspark.sql import SparkSession
 
 from pipeline.class_archive import archive_options
-from pipeline.config import Config, SparkConf as SparkSettings  # pyspark has a SparkConf too
+from pipeline.config import Config, ConfigError, SparkConf as SparkSettings  # pyspark has a SparkConf too
 from pipeline.delta_jars import delta_artifact, delta_jar_paths
 from pipeline.spark_quiet import launch_filtered_gateway, log4j_file
 
@@ -85,6 +85,11 @@ def get_spark(cfg: Config, for_tests: bool = False) -> SparkSession:
     """The active session if there is one, otherwise a local Delta-enabled session; a Spark
     Connect session when ``spark.remote`` is set."""
     if cfg.spark.remote:
+        if _classic_context_running():
+            # PySpark picks classic or Connect for the whole process (pyspark.sql.functions,
+            # Observation, ... follow SPARK_CONNECT_MODE_ENABLED): one kind of session per process
+            raise ConfigError(f"spark.remote={cfg.spark.remote}: this process already runs a classic Spark "
+                              "session; run Spark Connect jobs in a process of their own")
         return SparkSession.builder.remote(cfg.spark.remote).appName(cfg.spark.app_name).getOrCreate()
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -107,6 +112,12 @@ def get_spark(cfg: Config, for_tests: bool = False) -> SparkSession:
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(cfg.spark.log_level)
     return session
+
+
+def _classic_context_running() -> bool:
+    from pyspark import SparkContext
+
+    return SparkContext._active_spark_context is not None
 
 
 def is_classic(spark: SparkSession) -> bool:
