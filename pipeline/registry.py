@@ -9,6 +9,7 @@ Delta version). Every job reads and writes the registry through these functions.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,13 +72,29 @@ def mlflow_client(cfg: Config) -> MlflowClient:
     """A client on the configured stores; also points MLflow's fluent API at them (the edge)."""
     if cfg.registry.tracking_uri is None:
         (cfg.local_root / "mlflow").mkdir(parents=True, exist_ok=True)
-    if cfg.tracking_uri.startswith("sqlite:"):
-        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
-
-        _tracking_store_registry.register("sqlite", _sqlite_store)  # MLflow's plugin hook for a URI scheme
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.registry_uri)
-    return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri)
+    if not cfg.tracking_uri.startswith("sqlite:"):
+        return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri)
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    _tracking_store_registry.register("sqlite", _sqlite_store)  # MLflow's plugin hook for a URI scheme
+    if not cfg.spark.quiet:  # p300 --verbose
+        return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri)
+    # MLflow's logging is configured now (importing it reset the levels set before): evaluation
+    # hints that do not apply to static predictions stay out of normal output
+    logging.getLogger("mlflow.models.evaluation").setLevel(logging.ERROR)
+    # Each process that opens a SQLite store logs its schema checks and migrations at INFO
+    # (alembic's own logging configuration, applied anew each time): quiet while both stores open.
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        client = MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri)
+        if cfg.registry_uri.startswith("sqlite:"):
+            client.search_registered_models(max_results=1)  # opens the registry's store
+    finally:
+        logging.disable(previous)
+    return client
 
 
 def ensure_experiment(client: MlflowClient, cfg: Config, name: str) -> str:

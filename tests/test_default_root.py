@@ -15,9 +15,9 @@ import pytest
 pytestmark = pytest.mark.spark
 
 P300 = Path(sys.executable).parent / "p300"
-# startup lines a user cannot act on (pipeline/spark_quiet.py, conf/log4j2.properties)
+# startup lines a user cannot act on (pipeline/spark_quiet.py, conf/log4j2.properties, pipeline/registry.py)
 NOISE = ("Using incubator modules", "NativeCodeLoader", "resolves to a loopback address",
-         "Using Spark's default log4j profile")
+         "Using Spark's default log4j profile", "Creating initial MLflow database tables", "[alembic.")
 STEPS = [
     ["synth", "--subjects", "3", "--minutes", "1", "--channels", "8"],
     ["ingest"],
