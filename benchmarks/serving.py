@@ -10,6 +10,7 @@ own keep-alive connection, on the same cores as the servers); and the ratios
 
     .venv/bin/python benchmarks/serving.py            # full: 100 epochs, 300 requests, 4 clients x 15 s
     .venv/bin/python benchmarks/serving.py --quick    # tiny sizes, to check that it runs
+    .venv/bin/python benchmarks/serving.py --classifiers lda,xdawn_ts   # local endpoint, p50 per classifier
 """
 from __future__ import annotations
 
@@ -200,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inference-log", action="store_true",
                         help="instead: the local endpoint with the inference log on vs off (benchmarks/inference_log_ab.py)")
     parser.add_argument("--log-max-payload-kb", type=int, default=None, help="with --inference-log: monitoring.max_payload_kb")
+    parser.add_argument("--classifiers", default=None, metavar="A,B",
+                        help="instead: the local endpoint serving each classifier in turn, p50 ratio to the first "
+                             "(benchmarks/serving_classifiers.py)")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.requests, args.seconds, args.channels = 20, 10, 1.0, 4
@@ -207,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         from inference_log_ab import run
 
         return run(args, register, synthetic, sequential_times, concurrent)
+    if args.classifiers:
+        from serving_classifiers import run as run_classifiers
+
+        return run_classifiers(args, synthetic, sequential)
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="p300-serving-bench-") as tmp:
         cfg = load_config(root=str(Path(tmp) / "lakehouse"), env={},

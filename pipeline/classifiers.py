@@ -72,21 +72,31 @@ class Flatten(TransformerMixin, BaseEstimator):
 
 
 def shrunk_covariances(X: np.ndarray) -> np.ndarray:
-    """Schaefer-Strimmer shrinkage covariances of (..., channels, times), vectorised over
-    epochs, plus a ridge of 1e-6 of the mean variance (and a tiny floor), so a flat or
+    """Schaefer-Strimmer shrinkage covariances of (..., channels, times), the estimator of
+    pyRiemann's ``covariance_sch`` (a test keeps them equal) in plain numpy over the whole
+    batch (pyRiemann's array-API dispatch cost more than the arithmetic on a 100-epoch
+    request), plus a ridge of 1e-6 of the mean variance (and a tiny floor), so a flat or
     all-zero epoch (a warm-up call, a dead channel) still gives an SPD matrix instead of
-    an error in the tangent space."""
-    from pyriemann.geometry.covariance import covariance_scm, covariance_sch
-
+    an error in the tangent space. A channel without variance has no shrinkage target:
+    that epoch gets the unshrunk covariance (plus the ridge)."""
     X = np.asarray(X, dtype=np.float64)
+    t = X.shape[-1]
+    centred = X - X.mean(axis=-1, keepdims=True)
+    scm = centred @ np.swapaxes(centred, -1, -2) / t
+    var = np.diagonal(scm, axis1=-2, axis2=-1)
+    var_outer = var[..., :, None] * var[..., None, :]
+    off = ~np.eye(X.shape[-2], dtype=bool)
     with np.errstate(divide="ignore", invalid="ignore"):
-        C = covariance_sch(X)
-    flat = ~np.isfinite(C).all(axis=(-2, -1))  # a channel without variance: no shrinkage target
-    if flat.any():
-        C[flat] = covariance_scm(X[flat])
-    n = C.shape[-1]
-    ridge = 1e-6 * np.trace(C, axis1=-2, axis2=-1) / n + 1e-12
-    return C + ridge[..., None, None] * np.eye(n)
+        r = (t / (t - 1.0)) * scm / np.sqrt(var_outer)
+        sq = centred * centred
+        var_r = (sq @ np.swapaxes(sq, -1, -2) - t * scm * scm) * (t / ((t - 1.0) ** 3 * var_outer))
+        r2 = np.sum(np.where(off, r * r, 0.0), axis=(-2, -1))
+        gamma = np.clip(np.where(r2 == 0, 0.0, np.sum(np.where(off, var_r, 0.0), axis=(-2, -1)) / r2), 0.0, 1.0)
+    gamma = np.where(np.isfinite(gamma), gamma, 0.0)[..., None, None]  # no variance: no shrinkage
+    cov = (t / (t - 1.0)) * ((1.0 - gamma) * scm + gamma * (scm * ~off))
+    n = cov.shape[-1]
+    ridge = 1e-6 * np.trace(cov, axis1=-2, axis2=-1) / n + 1e-12
+    return cov + ridge[..., None, None] * np.eye(n)
 
 
 class XdawnCovariances(TransformerMixin, BaseEstimator):

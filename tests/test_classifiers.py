@@ -205,3 +205,17 @@ def test_xdawn_covariances_match_pyriemanns_computed_for_all_epochs_at_once(data
     got = ours.transform(epochs[:50])
     assert got.shape == (50, 6, 6)
     np.testing.assert_allclose(got, theirs.transform(epochs[:50]), rtol=1e-7, atol=1e-9 * np.abs(got).max())
+
+
+def test_shrunk_covariances_are_pyriemanns_schaefer_strimmer_plus_the_ridge():
+    from pyriemann.geometry.covariance import covariance_sch
+
+    from pipeline.classifiers import shrunk_covariances
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 6, 71)) * rng.uniform(0.1, 50, (20, 6, 1)) + 3 * rng.standard_normal((20, 1, 71))
+    expected = covariance_sch(X)
+    expected += (1e-6 * np.trace(expected, axis1=-2, axis2=-1) / 6 + 1e-12)[:, None, None] * np.eye(6)
+    np.testing.assert_allclose(shrunk_covariances(X), expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+    X[3, 2] = 0.0  # a dead channel: no shrinkage target, still SPD
+    assert np.linalg.eigvalsh(shrunk_covariances(X)).min() > 0
