@@ -109,7 +109,7 @@ def inline_p300_spans() -> list[tuple[str, list[str]]]:
     for path in DOCS:
         text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
         for code in re.findall(r"`([^`\n]+)`", text):
-            if re.match(r"(\./dev )?p300(-\w+)? \S", code):
+            if re.match(r"\./dev \w|p300(-\w+)? \S", code):
                 try:
                     spans.append((path.relative_to(REPO).as_posix(), shlex.split(code)))
                 except ValueError:
