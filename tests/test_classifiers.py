@@ -148,6 +148,7 @@ def test_calibration_protocol_scores_only_the_epochs_after_the_block(data):
         roc_auc(y[test] == 1, pipe.predict_proba(X[test])[:, 1]))
 
 
+@pytest.mark.slow  # leave-one-subject-out over every candidate
 def test_compare_candidates_leaves_each_subject_out_once(data):
     X, y, g = data
     cands = [parse_candidate(c) for c in ("lda", "xdawn_ts+recenter")]

@@ -84,6 +84,7 @@ def test_body_formats_and_params():
         rows_of("dataframe_records", [{"a": 1}, {"b": 1}])
 
 
+@pytest.mark.slow  # logs and reloads a real MLflow model
 def test_a_logged_model_carries_only_its_module_and_the_validator(model, tmp_path):
     """Saved with ``model_code_paths()``, the model directory holds five files of this
     package; a fresh interpreter that cannot import the project loads and runs it."""

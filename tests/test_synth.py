@@ -51,6 +51,7 @@ def test_options_and_artifact_topography():
         synth_subject(1, minutes=0)
 
 
+@pytest.mark.slow  # a full MNE preprocessing chain and cross-validation on synthetic subjects
 def test_realistic_difficulty_with_an_mne_chain_and_shrinkage_lda():
     """One subject, the reference chain in plain MNE: AUC well above chance, well below 1."""
     mne = pytest.importorskip("mne")
