@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-
-SUBJECTS = 4  # as the prepared landing zone (tests/faults/conftest.py)
+from harness import SUBJECTS
 
 pytestmark = [pytest.mark.faults, pytest.mark.spark]
 

@@ -8,7 +8,7 @@ from fault_cases import kill_cases
 pytestmark = [pytest.mark.faults, pytest.mark.spark]
 
 INGEST = kill_cases("ingest", ["ingest.after_raw_commit", "ingest.after_log", "ingest.after_first_move"],
-                    [0.35, 0.7, 0.9], sampled={"ingest@ingest.after_raw_commit", "ingest@70%"})
+                    [0.35, 0.7, 0.9], sampled={"ingest@ingest.after_raw_commit"})
 PREPROCESS = kill_cases("preprocess", ["preprocess.after_features_commit"], [0.4, 0.8],
                         sampled={"preprocess@preprocess.after_features_commit"})
 JOB = kill_cases("job", ["job.after_ingest", "ingest.after_log", "preprocess.after_features_commit"], [0.5],

@@ -60,17 +60,23 @@ def test_score_converges(fault_case, invariants, kill):
     invariants.same_table(root, ref, "predictions", ["model_version", "subject_id", "epoch_idx"], ignore=("scored_at",))
 
 
-def test_a_killed_endpoint_server_comes_back_with_its_last_complete_config(prepared, case_root, invariants, p300):
+def _configs(root) -> list[dict]:
+    """The persisted endpoints (their last-updated time aside: a restore applies the config again)."""
+    records = json.loads((root / "serving" / "endpoints.json").read_text())["endpoints"]
+    return [{k: r[k] for k in ("name", "id", "config_version", "config")} for r in records]
+
+
+def test_a_killed_endpoint_server_comes_back_with_its_last_complete_config(prepared, case_root, invariants,
+                                                                          p300_here):
     """kill -9 the local endpoint server; the next deploy starts it again, and it serves the config
     it had persisted, so the deploy has nothing to change (an update still loading when the server
     died is not in that file: it is dropped, and the next deploy applies it again)."""
-    prepared.copy("deployed", case_root)
-    assert p300(case_root, "deploy").code == 0  # starts this copy's server with the endpoint
+    prepared.copy("deployed", case_root)  # the copy's own server, started by a deploy
     state = json.loads((case_root / "serving" / "server.json").read_text())
-    persisted = json.loads((case_root / "serving" / "endpoints.json").read_text())
+    persisted = _configs(case_root)
     os.kill(state["pid"], signal.SIGKILL)
-    again = p300(case_root, "deploy")
+    again = p300_here(case_root, "deploy")
     assert again.code == 0, again.err[-3000:]
     assert json.loads((case_root / "serving" / "server.json").read_text())["pid"] != state["pid"]
-    assert json.loads((case_root / "serving" / "endpoints.json").read_text()) == persisted
+    assert _configs(case_root) == persisted
     invariants.endpoint(case_root, invariants.registry(case_root))
