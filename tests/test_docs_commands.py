@@ -312,6 +312,7 @@ def test_the_docs_show_commands():
     assert {w for _, words, _ in COMMANDS for w in words[:1]} >= {"./dev", "p300", "databricks"}
 
 
+@pytest.mark.slow  # each help text is an interpreter start of the console script
 @pytest.mark.parametrize("where, words, expected", COMMANDS,
                          ids=[f"{w}: {shlex.join(c)[:60]}" for w, c, _ in COMMANDS])
 def test_doc_command(where, words, expected, tmp_path_factory):
@@ -328,6 +329,7 @@ def test_doc_command(where, words, expected, tmp_path_factory):
         assert out.returncode == 0, f"{where}: `{shlex.join(words)}` exited {out.returncode}:\n{shown}"
 
 
+@pytest.mark.slow
 def test_inline_p300_mentions_exist():
     spans = inline_p300_spans()
     assert spans
@@ -338,6 +340,7 @@ def test_inline_p300_mentions_exist():
             check_command(where, words)
 
 
+@pytest.mark.slow
 def test_readme_synopsis_lists_every_subcommand_with_real_options():
     text = (REPO / "README.md").read_text()
     synopsis = next(lines for lang, lines in fenced_blocks(text) if lines and lines[0].startswith("p300 ["))
