@@ -134,10 +134,16 @@ def compare_training(spark, cfg: Config, classifiers: list[str], root: Path) -> 
 
     seconds = {}
     for name in classifiers:
-        c = cfg.model_copy(update={"training": cfg.training.model_copy(update={"classifier": name})})
         best = float("inf")
-        for _ in range(2):
-            shutil.rmtree(root / "mlflow", ignore_errors=True)
+        for k in range(2):
+            # a fresh store per run, under a new path: MLflow keeps its SQLite engine per URI for the
+            # process, so a store deleted under a URI already used reads as a read-only database
+            store = root / f"mlflow-bench-{name}-{k}"
+            shutil.rmtree(store, ignore_errors=True)
+            c = cfg.model_copy(update={
+                "training": cfg.training.model_copy(update={"classifier": name}),
+                "registry": cfg.registry.model_copy(update={"tracking_uri": f"sqlite:///{store}/mlflow.db"})})
+            store.mkdir(parents=True)
             t0 = time.perf_counter()
             result = train(spark, c, fraction=1.0, force=True, rep=Reporter(quiet=True))
             best = min(best, time.perf_counter() - t0)
