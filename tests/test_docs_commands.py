@@ -129,8 +129,10 @@ def console_script(name: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def run_script(words: tuple[str, ...], workdir: str) -> subprocess.CompletedProcess:
-    # as a user's shell: no P300_* settings; anything a command writes lands in its own workdir
-    env = {k: v for k, v in os.environ.items() if not k.startswith("P300")}
+    # as a user's shell: no P300_* settings and no MLflow URIs (mlflow.set_tracking_uri in an
+    # earlier test exports them); anything a command writes lands in its own workdir
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("P300") and k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     return subprocess.run([console_script(words[0]), *words[1:]], capture_output=True, text=True, cwd=workdir,
                           env=env, timeout=120)
 
