@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"p300 monitor over {epochs_total} logged epochs ({first.processed} windows): {t_first:.1f}s "
           f"(includes the version's baseline); rerun ({again.processed} windows): {t_again:.1f}s")
     print(f"rule: {first.outcome.reason if first.outcome else 'n/a'}")
-    if not args.quick:
+    if epochs_total >= 100_000:  # the target's size; smaller runs only show that the benchmark works
         print(f"target: under 60 s for 100,000 epochs: {'met' if t_first < 60 else 'MISSED'}")
     print(f"machine: {os.cpu_count()} cores; load average {load0[0]:.2f} before, {os.getloadavg()[0]:.2f} after "
           "(shared with other engineers' work)")
