@@ -272,7 +272,7 @@ class InferenceLog:
             import sys
 
             self._child = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.serving.inference_log", str(self.wal_dir), self.table_uri,
+                [sys.executable, "-m", "pipeline.serving.inference_commit", str(self.wal_dir), self.table_uri,
                  str(self.flush_interval_s), str(os.getpid())], stdin=subprocess.DEVNULL)
         else:
             self._committer = _Committer(self.wal_dir, self.table_uri, self._log)
@@ -332,29 +332,6 @@ class InferenceLog:
             self._wake.clear()
 
 
-def run_committer(wal_dir: Path, table_uri: str, interval_s: float, parent_pid: int) -> int:
-    """The committer process: commit closed segments every ``interval_s`` until SIGTERM or the
-    server's death, then once more. The lock makes a committer left by a killed server finish
-    before the next one starts, so no segment is committed twice."""
-    import fcntl
-    import signal
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    lock = open(wal_dir / "committer.lock", "a+")
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    committer = _Committer(wal_dir, table_uri, lambda msg: print(f"[p300-serving] {msg}", flush=True))
-    while True:
-        last = stop.is_set() or os.getppid() != parent_pid
-        try:
-            committer.commit_closed()
-        except Exception as exc:  # noqa: BLE001 - the segments stay; the next round retries
-            print(f"[p300-serving] inference log: commit failed, will retry: {type(exc).__name__}: {exc}", flush=True)
-        if last:
-            return 0
-        stop.wait(interval_s)
-
-
 def open_inference_log(cfg: Any, log: Callable[[str], None] | None = None) -> InferenceLog | None:
     """The server's log per ``monitoring``; None when it is off or the table is not a local path
     (on Databricks the endpoint's own inference table does this job)."""
@@ -385,9 +362,3 @@ def record_invocation(log: InferenceLog, rec: Any) -> None:
                execution_time_ms=int(rec.execution_time_ms), endpoint_name=rec.endpoint,
                served_entity_name=rec.served_entity, model_name=rec.model_name, model_version=rec.model_version,
                client_request_id=rec.client_request_id, databricks_request_id=rec.databricks_request_id)
-
-
-if __name__ == "__main__":  # the server's committer process (InferenceLog.start)
-    import sys
-
-    sys.exit(run_committer(Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])))

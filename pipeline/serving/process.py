@@ -248,12 +248,15 @@ def stop_pid(pid: int, timeout_s: float = 20.0) -> bool:
 
 def stop_local_server(cfg: Config, rep: Reporter | None = None, timeout_s: float = 20.0) -> int | None:
     """Stop this root's server by the pid it recorded; the pid stopped, or None when none ran."""
+    from pipeline.serving.inference_commit import drain_inference_log
+
     info = recorded_server(cfg)
-    if info is None:
-        clear_state(cfg.serving_dir)
-        return None
-    if rep:
-        rep.info(f"stopping the local serving endpoint server (pid {info.pid})")
-    stop_pid(info.pid, timeout_s)
+    if info is not None:
+        if rep:
+            rep.info(f"stopping the local serving endpoint server (pid {info.pid})")
+        stop_pid(info.pid, timeout_s)
     clear_state(cfg.serving_dir)
-    return info.pid
+    # whether it stopped cleanly, was killed after timeout_s or had died before: what it
+    # answered reaches the inference log before this returns
+    drain_inference_log(cfg, rep.info if rep else lambda _msg: None)
+    return info.pid if info is not None else None
