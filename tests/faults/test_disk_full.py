@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from harness import run_p300
 
 pytestmark = [pytest.mark.faults, pytest.mark.spark]
 
@@ -46,19 +47,21 @@ def small_mount(tmp_path: Path):
 
 
 def test_disk_full_then_read_only_then_space_again(prepared, small_mount, invariants, p300_here):
+    # the failing runs are p300 processes of their own, as a user's are: a failed Spark write
+    # in a long-lived driver can hold a file open for writing, and then remount,ro is refused
     root = small_mount / "root"
     shutil.copytree(prepared.root("landing"), root)
     ingested, preprocessed = prepared.root("ingested"), prepared.root("preprocessed")  # the references
     landing = sorted(p.name for p in (root / "landing-zone").iterdir())
 
     _remount(small_mount, f"size={_used_kb(small_mount) + 256}k")  # the landing zone fits; raw_eeg does not
-    full = p300_here(root, "ingest")
+    full = run_p300(root, "ingest")
     assert full.code == 1
     assert "No space left on device" in full.err and str(root) in full.err, full.err[-3000:]
     assert sorted(p.name for p in (root / "landing-zone").iterdir()) == landing  # no file lost
 
     _remount(small_mount, "ro")
-    read_only = p300_here(root, "ingest")
+    read_only = run_p300(root, "ingest")
     assert read_only.code == 1
     assert "Read-only file system" in read_only.err and str(root) in read_only.err, read_only.err[-3000:]
 
@@ -68,7 +71,7 @@ def test_disk_full_then_read_only_then_space_again(prepared, small_mount, invari
     invariants.data(root, ingested)
 
     _remount(small_mount, f"size={_used_kb(small_mount) + 64}k")  # features will not fit
-    full = p300_here(root, "preprocess")
+    full = run_p300(root, "preprocess")
     assert full.code == 1
     assert "No space left on device" in full.err and str(root) in full.err, full.err[-3000:]
     _remount(small_mount, f"rw,size={ROOMY_KB}k")
