@@ -89,7 +89,10 @@ def serve(cfg: Config, port: int = 0, master: str | None = None, timeout_s: floa
     log = state / "server.log"
     # the server's Python workers run this interpreter and must import udfs/ and pipeline/
     repo = str(Path(__file__).resolve().parent.parent)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY_")}
+    # no MLflow URIs from the launching shell: the jobs' configuration names the store, and a
+    # stale MLFLOW_TRACKING_URI made the server's workers load another store's model
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYSPARK_GATEWAY_", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"))}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
     env["PYSPARK_PYTHON"] = sys.executable
     with open(log, "ab") as out:
