@@ -14,3 +14,15 @@ def make_config(root: Path, **overrides: str) -> Config:
     sets = {"spark.master": "local[2]", "spark.shuffle_partitions": "2", "storage.raw_chunk_samples": "2048",
             "spark.jit": "c1", **overrides}
     return load_config(root=str(root), env={}, overrides=sets)
+
+
+# what an earlier test or a classic session may have exported into this process's environment
+_EXPORTED = ("P300", "MLFLOW_", "PYSPARK_GATEWAY", "SPARK_CONNECT", "SPARK_REMOTE")
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess run as a user's shell would run it: no P300 settings, no
+    MLflow URIs (mlflow.set_tracking_uri exports them), no gateway or Connect variables."""
+    import os
+
+    return {**{k: v for k, v in os.environ.items() if not k.startswith(_EXPORTED)}, **extra}

@@ -19,6 +19,7 @@ import numpy as np
 
 import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
+from config_factory import user_env
 
 from pipeline import connect_server, files
 from pipeline.cli import run
@@ -83,10 +84,7 @@ def connect_flow(root: Path, url: str, out: Path, no_java: Path) -> dict:
     """The same steps in a Connect client process without a usable JVM; what it saved."""
     job = {"steps": STEPS, "settings": settings(root, "--set", f"spark.remote={url}"), "root": str(root),
            "url": url, "out": str(out)}
-    # a fresh client's environment: nothing an earlier test's classic session or MLflow exported
-    inherited = {k: v for k, v in os.environ.items()
-                 if not k.startswith(("P300", "MLFLOW_", "PYSPARK_GATEWAY", "SPARK_CONNECT", "SPARK_REMOTE"))}
-    env = {**inherited, "JAVA_HOME": str(no_java), "PATH": f"{no_java / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    env = user_env(JAVA_HOME=str(no_java), PATH=f"{no_java / 'bin'}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run([sys.executable, "-c", CLIENT, json.dumps(job)], env=env, capture_output=True,
                           text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]

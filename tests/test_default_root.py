@@ -5,12 +5,13 @@ under ./lakehouse, the working directory holds nothing else, and the startup lin
 cannot act on are not in the output."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from config_factory import user_env
 
 pytestmark = pytest.mark.spark
 
@@ -32,8 +33,7 @@ STEPS = [
 def _env() -> dict[str, str]:
     """The caller's environment without anything that names a root or an MLflow store
     (PYTHONPATH stays: a worktree's code must win over the venv's editable install)."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("P300", "MLFLOW_", "PYSPARK_GATEWAY", "SPARK_CONNECT", "SPARK_REMOTE"))}
+    return user_env()
 
 
 def _p300(cwd: Path, *argv: str) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import configparser
 import functools
-import os
 import re
 import shlex
 import shutil
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from config_factory import user_env
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -129,10 +130,8 @@ def console_script(name: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def run_script(words: tuple[str, ...], workdir: str) -> subprocess.CompletedProcess:
-    # as a user's shell: no P300_* settings and no MLflow URIs (mlflow.set_tracking_uri in an
-    # earlier test exports them); anything a command writes lands in its own workdir
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("P300") and k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    # as a user's shell (user_env); anything a command writes lands in its own workdir
+    env = user_env()
     return subprocess.run([console_script(words[0]), *words[1:]], capture_output=True, text=True, cwd=workdir,
                           env=env, timeout=120)
 
