@@ -40,6 +40,7 @@ class Tables(_Strict):
     features: str = "features"
     preprocess_log: str = "preprocess_log"
     predictions: str = "predictions"
+    subject_reference: str = "subject_reference"
     # monitoring (docs/monitoring.md); on Databricks inference_log names the endpoint's payload table
     inference_log: str = "inference_log"
     monitor_profile: str = "monitor_profile"

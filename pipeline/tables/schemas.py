@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pyspark.sql import types as T
 
-__all__ = ["RAW_EEG", "INGEST_LOG", "FEATURES", "PREPROCESS_LOG", "PREDICTIONS", "INGEST_LOG_SCHEMA",
+__all__ = ["RAW_EEG", "INGEST_LOG", "FEATURES", "PREPROCESS_LOG", "PREDICTIONS", "SUBJECT_REFERENCE", "INGEST_LOG_SCHEMA",
            "RAW_TABLE_PROPERTIES", "FEATURES_SCHEMA", "FEATURES_TABLE_PROPERTIES", "PREPROCESS_LOG_SCHEMA",
-           "OK_STATUSES", "raw_schema"]
+           "SUBJECT_REFERENCE_SCHEMA", "OK_STATUSES", "raw_schema"]
 
-RAW_EEG, INGEST_LOG, FEATURES, PREPROCESS_LOG, PREDICTIONS = (
-    "raw_eeg", "ingest_log", "features", "preprocess_log", "predictions")
+RAW_EEG, INGEST_LOG, FEATURES, PREPROCESS_LOG, PREDICTIONS, SUBJECT_REFERENCE = (
+    "raw_eeg", "ingest_log", "features", "preprocess_log", "predictions", "subject_reference")
 
 # ingest_log statuses whose file's data is in raw_eeg
 OK_STATUSES = ("ingested", "replaced")
@@ -81,4 +81,19 @@ PREPROCESS_LOG_SCHEMA = T.StructType([
     T.StructField("seconds", T.DoubleType(), True),
     T.StructField("run_id", T.StringType(), False),
     T.StructField("time", T.TimestampType(), False),
+])
+
+# One row per subject: its unlabelled-calibration reference for models that re-centre
+# subjects (pipeline/tables/references.py; docs/data-contract.md).
+SUBJECT_REFERENCE_SCHEMA = T.StructType([
+    T.StructField("subject_id", T.IntegerType(), False),
+    T.StructField("n_channels", T.IntegerType(), False),
+    T.StructField("reference", T.ArrayType(T.DoubleType(), False), False),  # channels x channels, row by row
+    T.StructField("n_epochs", T.IntegerType(), False),             # the subject's epochs in the features table
+    T.StructField("calibration_epochs", T.IntegerType(), False),   # the first ones, by epoch_idx, that gave it
+    T.StructField("calibration_last_epoch_idx", T.IntegerType(), False),
+    T.StructField("calibration_fraction", T.DoubleType(), False),
+    T.StructField("features_digest", T.LongType(), False),        # the subject's features when computed
+    T.StructField("features_version", T.LongType(), False),       # the features table version read
+    T.StructField("created_at", T.TimestampType(), False),
 ])
