@@ -75,7 +75,8 @@ def monitoring_step(cfg: Config, rep: Reporter, run_step: Callable[[Config, list
     for sid, half in [(known, 0), (known, 1), (drifted[0], 0), (drifted[1], 0), (drifted[0], 1)]:
         part = feats.where(F.col("subject_id") == sid).orderBy("epoch_idx") \
             .select("label", F.col("features").cast("array<float>")).toPandas()
-        part = part.iloc[half * PER_WINDOW:(half + 1) * PER_WINDOW]  # each window its own epochs
+        per = min(PER_WINDOW, len(part) // 2)  # short recordings (--minutes 1): half a subject a window
+        part = part.iloc[half * per:(half + 1) * per]  # each window its own epochs
         windows.append(np.stack(part["features"].to_numpy()).astype(np.float32))
         labels.append(part["label"].to_numpy())
         subjects.append(sid)

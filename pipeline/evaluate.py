@@ -75,6 +75,10 @@ def _roc_auc(predictions: pd.Series, targets: pd.Series, probability: pd.Series)
 
 
 def _balanced_accuracy(predictions: pd.Series, targets: pd.Series) -> float:
+    """NaN where the targets hold one class (MLflow first tries each metric on one row), as
+    ``roc_auc``: sklearn would warn there, and the value would say nothing."""
+    if targets.nunique() < 2:
+        return float("nan")
     return float(balanced_accuracy_score(targets, predictions))
 
 
@@ -84,10 +88,13 @@ BALANCED_ACCURACY = make_metric(eval_fn=_balanced_accuracy, greater_is_better=Tr
 
 def evaluation_metrics(y_true: np.ndarray, proba: np.ndarray, pred: np.ndarray) -> tuple[dict[str, float], dict]:
     """MLflow's classifier evaluation on static predictions (Target = positive class) plus
-    ROC AUC and balanced accuracy; call inside an active run. Returns (metrics, artifacts)."""
-    data = pd.DataFrame({"target": y_true.astype(int), "prediction": pred.astype(int), "probability": proba})
+    ROC AUC and balanced accuracy; call inside an active run. Returns (metrics, artifacts).
+    Labels are booleans: MLflow logs the frame as the run's dataset and warns about integer
+    columns in its schema (they could not hold missing values); the metrics are the same."""
+    data = pd.DataFrame({"target": y_true.astype(bool), "prediction": pred.astype(bool),
+                         "probability": proba.astype(np.float64)})
     result = mlflow.evaluate(data=data, targets="target", predictions="prediction", model_type="classifier",
-                             extra_metrics=[ROC_AUC, BALANCED_ACCURACY], evaluator_config={"pos_label": 1})
+                             extra_metrics=[ROC_AUC, BALANCED_ACCURACY], evaluator_config={"pos_label": True})
     return {k: float(v) for k, v in result.metrics.items()}, dict(result.artifacts)
 
 

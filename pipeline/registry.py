@@ -82,8 +82,10 @@ def mlflow_client(cfg: Config) -> MlflowClient:
     if not cfg.spark.quiet:  # p300 --verbose
         return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri)
     # MLflow's logging is configured now (importing it reset the levels set before): evaluation
-    # hints that do not apply to static predictions stay out of normal output
+    # hints that do not apply to static predictions, and the INFO line of every logged model
+    # ("Validating input example against model signature"), stay out of normal output
     logging.getLogger("mlflow.models.evaluation").setLevel(logging.ERROR)
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
     # Each process that opens a SQLite store logs its schema checks and migrations at INFO
     # (alembic's own logging configuration, applied anew each time): quiet while both stores open.
     previous = logging.root.manager.disable

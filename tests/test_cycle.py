@@ -35,6 +35,30 @@ def test_holdout_rules():
         choose_holdout([1, 2, 3], {"challenger": [1]}, [9])
 
 
+@pytest.mark.slow
+def test_evaluation_metrics_leave_nothing_to_warn_about(cfg):
+    import warnings
+
+    import mlflow
+    import numpy as np
+    from mlflow.models.evaluation import default_evaluator  # noqa: F401  (its import-time hints are not ours)
+
+    from pipeline.evaluate import evaluation_metrics
+
+    reg.mlflow_client(cfg)
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 0, 0, 1], 12)
+    proba = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, len(y)), 0, 1)
+    with warnings.catch_warnings(record=True) as seen, mlflow.start_run():
+        warnings.simplefilter("always")
+        metrics, _ = evaluation_metrics(y, proba, (proba >= 0.5).astype(int))
+    assert [str(w.message)[:80] for w in seen if issubclass(w.category, UserWarning)] == []
+    pred = proba >= 0.5
+    assert metrics["true_positives"] == (pred & (y == 1)).sum() and metrics["false_positives"] == (pred & (y == 0)).sum()
+    assert metrics["balanced_accuracy"] == pytest.approx(((pred & (y == 1)).sum() / 12 + (~pred & (y == 0)).sum() / 36) / 2)
+    assert 0.5 < metrics["roc_auc"] <= 1
+
+
 def _eval_runs(client, cfg, target_set):
     exp = client.get_experiment_by_name(cfg.evaluation.experiment)
     return client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_TARGET_SET}` = '{target_set}'",

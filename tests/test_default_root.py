@@ -16,9 +16,11 @@ from config_factory import user_env
 pytestmark = pytest.mark.spark
 
 P300 = Path(sys.executable).parent / "p300"
-# startup lines a user cannot act on (pipeline/spark_quiet.py, conf/log4j2.properties, pipeline/registry.py)
+# lines a user cannot act on (pipeline/spark_quiet.py, conf/log4j2.properties, pipeline/registry.py,
+# pipeline/evaluate.py): startup chatter, library warnings, tracebacks of idle Python workers
 NOISE = ("Using incubator modules", "NativeCodeLoader", "resolves to a loopback address",
-         "Using Spark's default log4j profile", "Creating initial MLflow database tables", "[alembic.")
+         "Using Spark's default log4j profile", "Creating initial MLflow database tables", "[alembic.",
+         "Validating input example", "Warning:", "Traceback", "BrokenPipeError")
 STEPS = [
     ["synth", "--subjects", "3", "--minutes", "1", "--channels", "8"],
     ["ingest"],
