@@ -24,7 +24,7 @@ from pipeline.config import Config
 from pipeline.registry_names import CHALLENGER, CHAMPION
 from pipeline.report import Reporter
 from pipeline.serving.client import DeployOutcome, apply_served_versions, workspace_client
-from pipeline.serving.process import ServingError
+from pipeline.serving.process import SERVER_LOG_FILE, ServingError
 
 __all__ = ["DeployRefused", "versions_to_serve", "deploy", "main"]
 
@@ -74,7 +74,10 @@ def main(cfg: Config, args: argparse.Namespace, rep: Reporter) -> int:
         rep.warn(str(exc))
         return 1
     except (ServingError, DatabricksError, TimeoutError) as exc:
-        rep.warn(f"deploy failed: {exc}")
+        where = ""
+        if isinstance(exc, DatabricksError) and cfg.serving.backend == "local":  # a 500 names the exception only
+            where = f" (the local endpoint server's log has the traceback: {cfg.serving_dir / SERVER_LOG_FILE})"
+        rep.warn(f"deploy failed: {exc}{where}")
         return 1
     rep.result(f"endpoint {outcome.endpoint}: {outcome.action} (config version {outcome.config_version}, "
                f"{outcome.waited_s:.1f}s{f', waited for {outcome.conflicts} update(s) in progress' if outcome.conflicts else ''})")

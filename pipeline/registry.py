@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,16 @@ __all__ = [
 
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
+# One SQLite store opened at a time in a process. MLflow runs alembic's upgrade each time it opens
+# a SQL store (its table check predates its newer tables, so an up-to-date store looks new), and
+# alembic keeps the migration context in module globals (``alembic.context.config``, ``.script``).
+# MLflow serialises tracking stores and registry stores each with its own lock, not with each
+# other: two threads opening one of each at once (the endpoint server's request threads and model
+# loaders) fail with ``KeyError: 'script'`` or ``'config'``.
+# Taken last (inside MLflow's own store locks), so it never waits for a lock its holder wants.
+_STORE_OPEN = threading.RLock()
+_QUIET = threading.Lock()  # mlflow_client's logging.disable and its restore, one thread at a time
+
 
 def _sqlite_store(store_uri: str, artifact_uri: str | None = None) -> Any:
     """MLflow's SQL tracking store on a SQLite file, its default artifact root beside the file:
@@ -65,7 +76,16 @@ def _sqlite_store(store_uri: str, artifact_uri: str | None = None) -> Any:
     db = store_uri.split("sqlite:///", 1)[-1].split("?", 1)[0]
     if artifact_uri is None and db.startswith("/"):
         artifact_uri = (Path(db).parent / "artifacts").as_uri()
-    return SqlAlchemyStore(store_uri, artifact_uri or "./mlruns")
+    with _STORE_OPEN:
+        return SqlAlchemyStore(store_uri, artifact_uri or "./mlruns")
+
+
+def _sqlite_registry_store(store_uri: str) -> Any:
+    """MLflow's SQL model registry store on a SQLite file, opened under the same lock."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+    with _STORE_OPEN:
+        return SqlAlchemyStore(store_uri)
 
 
 def mlflow_client(cfg: Config) -> MlflowClient:
@@ -76,9 +96,11 @@ def mlflow_client(cfg: Config) -> MlflowClient:
     mlflow.set_registry_uri(cfg.registry_uri)
     if not cfg.tracking_uri.startswith("sqlite:"):
         return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri)
+    from mlflow.tracking._model_registry.utils import _get_store_registry
     from mlflow.tracking._tracking_service.utils import _tracking_store_registry
 
     _tracking_store_registry.register("sqlite", _sqlite_store)  # MLflow's plugin hook for a URI scheme
+    _get_store_registry().register("sqlite", _sqlite_registry_store)
     if not cfg.spark.quiet:  # p300 --verbose
         return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri)
     # MLflow's logging is configured now (importing it reset the levels set before): evaluation
@@ -88,6 +110,11 @@ def mlflow_client(cfg: Config) -> MlflowClient:
     logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
     # Each process that opens a SQLite store logs its schema checks and migrations at INFO
     # (alembic's own logging configuration, applied anew each time): quiet while both stores open.
+    with _QUIET:  # logging.disable is process-wide: two threads must not interleave it
+        return _quiet_client(cfg)
+
+
+def _quiet_client(cfg: Config) -> MlflowClient:
     previous = logging.root.manager.disable
     logging.disable(logging.INFO)
     try:

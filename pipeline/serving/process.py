@@ -66,13 +66,21 @@ class ServerInfo:
 
 
 def write_json(path: Path, data: Any, mode: int = 0o600) -> None:
-    """Atomic write (tmp + rename) with ``mode`` from the start (0600: owner only)."""
+    """Atomic write (tmp + fsync + rename, then the folder's fsync) with ``mode`` from the start
+    (0600: owner only): a kill or a power cut leaves the old file or the new one, never part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def read_state(state_dir: Path) -> ServerInfo | None:

@@ -134,14 +134,18 @@ class EndpointStore:
         self._loading: dict[tuple[str, str], threading.Lock] = {}
         self.log = log or (lambda msg: print(f"[p300-serving] {msg}", file=sys.stderr, flush=True))
         self._registry: Any = None
+        self._client_lock = threading.Lock()
 
     # -- registry ----------------------------------------------------------------------
     def _client(self) -> Any:
-        if self._registry is None:
-            from pipeline.registry import mlflow_client
+        """The root's MLflow client, opened once (it also points MLflow's ``models:/`` URIs at
+        this root's registry, which the loader threads resolve)."""
+        with self._client_lock:
+            if self._registry is None:
+                from pipeline.registry import mlflow_client
 
-            self._registry = mlflow_client(self.cfg)
-        return self._registry
+                self._registry = mlflow_client(self.cfg)
+            return self._registry
 
     def check_versions(self, spec: ConfigSpec) -> None:
         """Unknown model versions are refused at once (404), not discovered by the loader."""
@@ -220,6 +224,7 @@ class EndpointStore:
             with self._lock:
                 if key in self._models:
                     return self._models[key]
+            self._client()  # a restored config loads before any request opened the registry
             t0 = time.perf_counter()
             model = load_model(entity_name, version)
             self.log(f"loaded {entity_name} version {version} in {time.perf_counter() - t0:.1f}s "
