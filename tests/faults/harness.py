@@ -41,6 +41,7 @@ STAGES = {
 # stages whose root has an endpoint: a copy gets its own server first (`p300 deploy`, a no-op for the
 # registry), as the running server a job at that stage talks to (copies leave serving/ behind)
 SERVED = ("deployed", "evaluated", "promoted", "scored")
+TIME_KILL_TRIES = 3  # runs of a time kill that may end before their timer (time_kill)
 
 
 @dataclass
@@ -157,14 +158,14 @@ class Prepared:
             self.copy(parent, path)
         run = run_here(path, *argv)
         stop_server(path)  # copies start their own server when they need one
-        assert run.code == 0, f"preparing {stage}: {run.err[-3000:]}"
+        assert run.code == 0, f"preparing {stage}: {failure_report(path, run)}"
         return path
 
     def copy(self, stage: str, dst: Path) -> Path:
         copy_root(self.root(stage), dst)
         if stage in SERVED:
             run = run_here(dst, "deploy")
-            assert run.code == 0, f"serving the copy of {stage}: {run.err[-3000:]}"
+            assert run.code == 0, f"serving the copy of {stage}: {failure_report(dst, run)}"
         return dst
 
     def cold_seconds(self, start: str, argv: tuple[str, ...]) -> float:
@@ -175,7 +176,7 @@ class Prepared:
             path = self.copy(start, self.base / f"timing-{len(self._cold)}")
             run = run_p300(path, *argv)
             stop_server(path)
-            assert run.code == 0, f"timing p300 {' '.join(argv)}: {run.err[-3000:]}"
+            assert run.code == 0, f"timing p300 {' '.join(argv)}: {failure_report(path, run)}"
             self._cold[key] = run.seconds
             shutil.rmtree(path, ignore_errors=True)
         return self._cold[key]
@@ -192,13 +193,44 @@ def kill_and_rerun(prepared: Prepared, case_root: Path, stage: str, argv: tuple[
     start = start or STAGES[stage][0]
     prepared.root(stage)  # the reference
     how, where = kill
-    kill_after_s = where * prepared.cold_seconds(start, argv) if how == "time" else None
-    prepared.copy(start, case_root)
     if how == "point":
+        prepared.copy(start, case_root)
         killed = run_p300(case_root, *argv, kill_at=where)
-        assert killed.code == -signal.SIGKILL, f"kill point {where} never fired: {killed.err[-2000:]}"
+        assert killed.code == -signal.SIGKILL, f"kill point {where} never fired: {failure_report(case_root, killed)}"
     else:
-        run_p300(case_root, *argv, kill_after_s=kill_after_s)
+        time_kill(prepared, case_root, start, argv, where)
     rerun = run_here(case_root, *argv)
-    assert rerun.code == 0, f"rerun after the kill failed:\n{rerun.err[-3000:]}"
+    assert rerun.code == 0, f"rerun after the kill failed:\n{failure_report(case_root, rerun)}"
     return rerun
+
+
+def time_kill(prepared: Prepared, case_root: Path, start: str, argv: tuple[str, ...], share: float) -> Run:
+    """``argv`` on a fresh copy of ``start``, killed after ``share`` of the job's run time. On a
+    shared machine a run can be quicker than the timed one, and one that ends before its timer
+    was never killed: the case starts again from a fresh copy, timed by that quicker run, up to
+    ``TIME_KILL_TRIES`` times, and fails rather than pass without a kill."""
+    run_s = prepared.cold_seconds(start, argv)
+    ended: list[float] = []
+    for _ in range(TIME_KILL_TRIES):
+        if case_root.exists():
+            stop_server(case_root)
+            shutil.rmtree(case_root)
+        prepared.copy(start, case_root)
+        killed = run_p300(case_root, *argv, kill_after_s=share * run_s)
+        if killed.code is None:
+            return killed
+        assert killed.code == 0, f"p300 {' '.join(argv)} failed before its kill: {failure_report(case_root, killed)}"
+        ended.append(killed.seconds)
+        run_s = min(run_s, killed.seconds)
+    raise AssertionError(f"the kill at {share:.0%} of p300 {' '.join(argv)} never fired: each of {TIME_KILL_TRIES} "
+                         f"runs ended first ({', '.join(f'{s:.1f}s' for s in ended)})")
+
+
+def failure_report(root: Path, run: Run) -> str:
+    """What a failed run said, and what its root's endpoint server logged (a request the server
+    fails answers 500 with the exception's name only; its traceback is in the server's log)."""
+    parts = [f"exit code {run.code}", f"--- stderr\n{run.err[-4000:]}", f"--- stdout\n{run.out[-2000:]}"]
+    log = root / "serving" / "server.log"
+    if log.exists():
+        parts.append(f"--- {log}\n{log.read_text(errors='replace')[-6000:]}")
+    return "\n".join(parts)

@@ -8,6 +8,7 @@ import signal
 
 import pytest
 from fault_cases import kill_cases
+from harness import failure_report
 
 pytestmark = [pytest.mark.faults, pytest.mark.spark, pytest.mark.server]
 
@@ -76,7 +77,7 @@ def test_a_killed_endpoint_server_comes_back_with_its_last_complete_config(prepa
     persisted = _configs(case_root)
     os.kill(state["pid"], signal.SIGKILL)
     again = p300_here(case_root, "deploy")
-    assert again.code == 0, again.err[-3000:]
+    assert again.code == 0, failure_report(case_root, again)
     assert json.loads((case_root / "serving" / "server.json").read_text())["pid"] != state["pid"]
     assert _configs(case_root) == persisted
     invariants.endpoint(case_root, invariants.registry(case_root))
