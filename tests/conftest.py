@@ -2,27 +2,30 @@
 so the suite also runs on a cluster), a fresh storage root and MLflow store per test.
 
 Test tiers: a test is marked by what it needs (pytest.ini lists the markers). Markers
-follow from the fixtures a test uses (``FIXTURE_MARKERS``), or are set by its module. A
-test without spark, cluster, connect or faults cannot start a JVM: its JAVA_HOME and PATH
-point at a ``java`` that fails with a message naming the missing marker. So
-``pytest -m "not spark and not server and not cluster and not connect and not faults"``
-is the pure tier, in seconds.
+follow from the fixtures a test uses (``FIXTURE_MARKERS``), or are set by its module; a
+cluster, connect or faults test starts Spark too, so it is also marked spark. A test
+without spark cannot start a JVM: its JAVA_HOME and PATH point at a ``java`` that fails
+with a message naming the missing marker. So ``pytest -m "not spark"`` runs everything
+without a JVM (the pure tests and the local servers'), ``pytest -m "not spark and not
+server"`` the pure tier, and ``and not slow`` its quick part, in seconds.
 """
 from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
 
 from config_factory import make_config
+from mlflow_template import make_template, seed_store
 from pipeline.config import Config
 from pipeline.spark import get_spark
 
 # fixture (used directly or through another fixture) -> marker of the tests that use it
 FIXTURE_MARKERS = {"spark": "spark", "mlflow_server": "server"}
-# tests that may start a JVM (in this process or a child)
+# tests that may start a JVM (in this process or a child); each of them is also marked spark
 JVM_MARKERS = ("spark", "cluster", "connect", "faults")
 
 
@@ -33,10 +36,20 @@ def spark():
     # the session is shared by the whole run; stopping it here would break a reused cluster session
 
 
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated empty MLflow store, made once (tests/mlflow_template.py)."""
+    return make_template(tmp_path_factory.mktemp("mlflow-template"))
+
+
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
+def root(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """A fresh storage root. Where the session has imported MLflow already (a test module uses
+    it), the root's MLflow store starts as a copy of the migrated template, not migrated anew."""
     path = tmp_path / "lakehouse"
     path.mkdir()
+    if "mlflow" in sys.modules:
+        seed_store(request.getfixturevalue("mlflow_template"), path / "mlflow" / "mlflow.db")
     return path
 
 
@@ -57,6 +70,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for fixture, marker in FIXTURE_MARKERS.items():
             if fixture in used and item.get_closest_marker(marker) is None:
                 item.add_marker(marker)
+        if any(item.get_closest_marker(m) for m in JVM_MARKERS) and item.get_closest_marker("spark") is None:
+            item.add_marker("spark")  # -m "not spark" leaves out every test that starts a JVM
 
 
 @pytest.fixture(scope="session")

@@ -127,6 +127,7 @@ def test_model_takes_the_reference_or_a_calibration_block_through_params(data):
     assert names == ["reference", "calibration"]
 
 
+@pytest.mark.slow  # cross-validation over the subjects
 def test_group_cv_is_subject_grouped_and_pooled(data):
     X, y, g = data
     cv = group_cv(build_classifier("lda", N_TIMES), X, y, g, folds=2, target=1, nontarget=0, n_jobs=1)

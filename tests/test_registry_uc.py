@@ -14,6 +14,7 @@ from mlflow.tracking._model_registry.utils import _get_store_registry
 from mlflow.utils._unity_catalog_utils import model_version_from_uc_proto, model_version_search_from_uc_proto
 
 from config_factory import make_config
+from mlflow_template import seed_store
 from pipeline import registry as reg
 
 
@@ -43,7 +44,8 @@ class UcAnswers(SqlAlchemyStore):
 
 
 @pytest.fixture
-def uc_cfg(root):
+def uc_cfg(root, mlflow_template):
+    seed_store(mlflow_template, root / "uc.db")  # a migrated registry store, as the root's own
     _get_store_registry().register("uctest", lambda store_uri, tracking_uri: UcAnswers(
         "sqlite:///" + store_uri.removeprefix("uctest:")))
     return make_config(root, **{"registry.registry_uri": f"uctest:{root / 'uc.db'}",

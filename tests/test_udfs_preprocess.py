@@ -109,6 +109,7 @@ def _mne_chain(raw: pd.DataFrame, sfreq: float, resample_method: str = "fft", no
     return epochs.selection, epochs.events[:, 2], epochs.get_data().reshape(len(epochs), -1) * 1e6
 
 
+@pytest.mark.slow  # MNE's full chain, per sampling rate
 @pytest.mark.parametrize("sfreq,method", [(512.0, "fft"), (250.0, "polyphase")])
 def test_matches_mne(sfreq, method):
     """Same kept epochs and labels as MNE, features correlated above 0.999.
