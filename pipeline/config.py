@@ -241,6 +241,7 @@ class Monitoring(_Strict):
     lateness_s: float = Field(60.0, ge=0)  # a window is processed once it closed this long ago
     max_payload_kb: int | None = Field(None, ge=0)  # larger request bodies are logged as null; None: all
     psi_bins: int = Field(10, ge=2)
+    input_sample_epochs: int = Field(2000, ge=0)  # channel RMS from about this many epochs per window; 0: all
     experiment: str = "p300-monitoring"
     rule: RetrainRule = Field(default_factory=RetrainRule)
 

@@ -96,7 +96,8 @@ def _process(spark: SparkSession, cfg: Config, log: Any, pending: pd.DataFrame, 
     baselines: dict[str, Baseline | None] = {}
     profile: list[dict] = []
     drift: list[dict] = []
-    width = len(epochs["rms"].iloc[0]) if len(epochs) else 0
+    sampled = epochs["rms"].dropna()
+    width = len(sampled.iloc[0]) if len(sampled) else 0
     for req in pending.to_dict("records"):
         version = str(req["model_version"])
         if version not in baselines:

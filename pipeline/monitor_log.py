@@ -3,8 +3,8 @@
 The local log and Databricks' legacy inference tables have the same columns; AI Gateway
 payload tables name two of them differently (``request_time``, ``execution_duration_ms``)
 and carry no ``request_metadata``, so ``normalized_log`` maps both to one shape. Parsing
-the request and response JSON happens once per request in ``mapInPandas`` (orjson, on
-the executors), and only for the windows the monitor is about to process.
+the request and response JSON happens in ``mapInPandas`` (orjson, on the executors), only for
+the windows the monitor is about to process, and for request bodies only in a sample.
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from pipeline.config import Config
 from pipeline.storage import read_table, table_exists
 from udfs.drift import channel_rms, request_matrix, response_scores
 
-__all__ = ["normalized_log", "window_counts", "scored_epochs", "EPOCH_SCHEMA"]
+__all__ = ["normalized_log", "window_counts", "scored_epochs", "SCORE_SCHEMA", "RMS_SCHEMA"]
 
-EPOCH_SCHEMA = ("window_start long, model_name string, model_version string, served_entity string, "
-                "client_request_id string, subject_id int, epoch_index int, score double, predicted int, "
-                "rms array<float>")
+SCORE_SCHEMA = ("window_start long, model_name string, model_version string, served_entity string, "
+                "client_request_id string, request_key long, epoch_index int, score double, predicted int")
+RMS_SCHEMA = "request_key long, epoch_index int, rms array<float>"
 
 
 def normalized_log(spark: SparkSession, cfg: Config) -> DataFrame | None:
@@ -60,45 +60,87 @@ def window_counts(log: DataFrame) -> pd.DataFrame:
                .toPandas())
 
 
-def _epochs_of(batches: Iterator[pd.DataFrame], n_times: int) -> Iterator[pd.DataFrame]:
-    cols = ["window_start", "model_name", "model_version", "served_entity", "client_request_id"]
+def _scores_of(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    keys = ["window_start", "model_name", "model_version", "served_entity", "client_request_id", "request_key"]
     for batch in batches:
         out: list[pd.DataFrame] = []
         for row in batch.itertuples(index=False):
-            matrix, params = request_matrix(row.request)
             scored = response_scores(row.response) if row.response is not None else None
-            if matrix is None or scored is None or len(scored[0]) != len(matrix):
-                continue  # an answer we cannot pair with its epochs is counted, not profiled
+            if scored is None or len(scored[0]) != len(scored[1]):
+                continue  # an answer we cannot read is counted (window_counts), not profiled
             proba, label = scored
-            sid = params.get("subject_id")
-            client_id = row.client_request_id or params.get("client_request_id")
-            rms = channel_rms(matrix, n_times).astype(np.float32)
             frame = pd.DataFrame({"score": proba, "predicted": label.astype(np.int32),
-                                  "epoch_index": np.arange(len(proba), dtype=np.int32),
-                                  "rms": list(rms)})
-            for c in cols:
-                frame[c] = client_id if c == "client_request_id" else getattr(row, c)
-            frame["subject_id"] = int(sid) if isinstance(sid, (int, float, str)) and str(sid).isdigit() else None
+                                  "epoch_index": np.arange(len(proba), dtype=np.int32)})
+            for c in keys:
+                frame[c] = getattr(row, c)
             out.append(frame)
         if out:
             yield pd.concat(out, ignore_index=True)
 
 
+def _rms_of(batches: Iterator[pd.DataFrame], n_times: int) -> Iterator[pd.DataFrame]:
+    for batch in batches:
+        out: list[pd.DataFrame] = []
+        for row in batch.itertuples(index=False):
+            matrix, _ = request_matrix(row.request)
+            if matrix is None:
+                continue
+            out.append(pd.DataFrame({"request_key": row.request_key,
+                                     "epoch_index": np.arange(len(matrix), dtype=np.int32),
+                                     "rms": list(channel_rms(matrix, n_times).astype(np.float32))}))
+        if out:
+            yield pd.concat(out, ignore_index=True)
+
+
+_GROUP = ["window_start", "model_name", "model_version", "served_entity"]
+
+
+def _sample(frame: pd.DataFrame, budget: int) -> pd.Series:
+    """Request keys whose bodies the monitor parses: per window and served model, requests in
+    the order of their key (a hash of the request id) until they hold ``budget`` epochs, so at
+    least one request and the same ones on every run."""
+    per_request = frame.groupby(_GROUP + ["request_key"]).size().rename("epochs").reset_index()
+    per_request = per_request.sort_values(_GROUP + ["request_key"])
+    before = per_request.groupby(_GROUP)["epochs"].cumsum() - per_request["epochs"]
+    return per_request.loc[before < budget, "request_key"]
+
+
 def scored_epochs(spark: SparkSession, cfg: Config, log: DataFrame, window_starts: list[int]) -> pd.DataFrame:
     """Answered epochs of the given windows with score, prediction, channel RMS and, where
-    the labels table has them, the true label (NaN otherwise)."""
+    the labels table has them, the true label (NaN otherwise).
+
+    Scores come from every response. Channel RMS needs the request bodies, which are ~99% of
+    the log's bytes: it is computed for a deterministic sample of requests holding about
+    ``monitoring.input_sample_epochs`` epochs per window and served model (all when 0, see
+    ``_sample``), so that only the sample's bodies leave the JVM and get parsed; rms is None
+    elsewhere."""
     n_times = cfg.preprocess.n_times
     lo, hi = min(window_starts), max(window_starts) + cfg.monitoring.window_s * 1000
     rows = (log.where((F.col("timestamp_ms") >= lo) & (F.col("timestamp_ms") < hi))  # file skipping
                .where(F.col("window_start").isin(window_starts) & (F.col("status_code") == 200))
-               .select("window_start", "model_name", "model_version", "served_entity", "client_request_id",
-                       "request", "response"))
-    epochs = rows.mapInPandas(lambda it: _epochs_of(it, n_times), EPOCH_SCHEMA)
-    if table_exists(spark, cfg, "labels"):
+               .withColumn("request_key", F.xxhash64("databricks_request_id", "timestamp_ms")))
+    labelled = table_exists(spark, cfg, "labels")
+    if labelled:  # the join key: the column Databricks fills from the request; where it is empty, the
+        # request's own field or params (a byte scan first: parsing every body costs seconds per GB)
+        rows = rows.withColumn("client_request_id", F.coalesce(F.col("client_request_id"), F.when(
+            F.col("request").contains('"client_request_id"'),
+            F.coalesce(F.get_json_object("request", "$.client_request_id"),
+                       F.get_json_object("request", "$.params.client_request_id")))))
+    scores = (rows.select(*_GROUP, "client_request_id", "request_key", "response")
+                  .mapInPandas(_scores_of, SCORE_SCHEMA))
+    if labelled:
         labels = read_table(spark, cfg, "labels").select("client_request_id", "epoch_index", "label")
-        epochs = epochs.join(labels, ["client_request_id", "epoch_index"], "left")
+        scores = scores.join(labels, ["client_request_id", "epoch_index"], "left")
     else:
-        epochs = epochs.withColumn("label", F.lit(None).cast("int"))
-    frame = epochs.toPandas()
+        scores = scores.withColumn("label", F.lit(None).cast("int"))
+    frame = scores.toPandas()
     frame["label"] = frame["label"].astype("float64")
-    return frame
+    if frame.empty:
+        return frame.assign(rms=pd.Series(dtype=object))
+    budget = cfg.monitoring.input_sample_epochs
+    if budget:
+        keys = spark.createDataFrame(_sample(frame, budget).to_frame(), "request_key long")
+        rows = rows.join(F.broadcast(keys), "request_key")
+    sampled = (rows.select("request_key", "request")
+                   .mapInPandas(lambda it: _rms_of(it, n_times), RMS_SCHEMA).toPandas())
+    return frame.merge(sampled, on=["request_key", "epoch_index"], how="left")

@@ -73,7 +73,8 @@ def window_rows(key: dict[str, Any], requests: dict[str, Any], epochs: pd.DataFr
     """(profile rows, drift rows) of one window and served model.
 
     ``requests``: count, errors, latency_p50/p95/p99_ms. ``epochs``: score, predicted,
-    rms (per-channel array) and label (NaN where unknown) of the window's answered epochs."""
+    rms (per-channel array; None outside the input sample) and label (NaN where unknown) of
+    the window's answered epochs."""
     start = int(key["window_start"])
     common = {"window": {"start": _ts(start), "end": _ts(start + window_s * 1000)}, "granularity": f"{window_s} seconds",
               "model_id": f"{key['model_name']}/{key['model_version']}", "model_name": key["model_name"],
@@ -95,7 +96,8 @@ def window_rows(key: dict[str, Any], requests: dict[str, Any], epochs: pd.DataFr
              if len(labeled) else None}
     profile = [table, {**common, "column_name": "score", "log_type": "INPUT", **_column_stats(scores)}]
     drift: list[dict] = []
-    rms = np.stack(epochs["rms"].to_numpy()) if len(epochs) else np.empty((0, len(channel_names)))
+    sampled = epochs["rms"].dropna().to_numpy() if len(epochs) else []  # None: not in the input sample
+    rms = np.stack(sampled) if len(sampled) else np.empty((0, len(channel_names)))
     for i, name in enumerate(channel_names):
         if i < rms.shape[1]:
             profile.append({**common, "column_name": f"rms_{name}", "log_type": "INPUT", **_column_stats(rms[:, i])})

@@ -60,6 +60,39 @@ def test_monitor_profiles_windows_and_fires_on_drift(spark, mcfg):
     assert {t: table_version(spark, mcfg, t) for t in versions} == versions  # a rerun writes nothing
 
 
+def test_input_drift_comes_from_a_deterministic_sample_of_requests(spark, root):
+    """monitoring.input_sample_epochs: channel RMS from whole requests holding about that many
+    epochs per window; scores, counts and AUC from every epoch; the same sample on every run."""
+    cfg = make_config(root, **{"monitoring.window_s": "60", "monitoring.lateness_s": "0",
+                               "monitoring.input_sample_epochs": "40"})
+    version = register_with_lineage(spark, cfg)
+    now = now_ms()
+    start = window_start(cfg, now, back=3)
+    log_requests(cfg, version, [NORMAL, DRIFTED], start, per_window=8)  # 8 requests x 25 epochs each
+
+    def counts():
+        profile = read_table(spark, cfg, "monitor_profile")
+        return {(r["start"], r["column_name"]): r["count"] for r in profile.where(
+            F.col("column_name").isin(":table", "score", "rms_ch1")).select(
+            F.unix_millis("window.start").alias("start"), "column_name",
+            F.coalesce("epoch_count", "count").alias("count")).collect()}
+
+    result = monitor(cfg, Reporter(quiet=True), now_ms=now)
+    assert result.processed == 2
+    first = counts()
+    for w in range(2):
+        s = start + w * 60_000
+        assert first[(s, ":table")] == first[(s, "score")] == 200
+        assert first[(s, "rms_ch1")] == 50  # whole requests (25 epochs each) until 40 epochs are in
+    m = result.metrics.set_index("window_start")
+    assert m["rms_psi_max"].iloc[1] > 2 * m["rms_psi_max"].iloc[0]  # the sample still sees the louder headset
+
+    for t in ("monitor_profile", "monitor_drift"):  # a full redo draws the same requests
+        spark.sql(f"DELETE FROM delta.`{cfg.table(t)}`")
+    monitor(cfg, Reporter(quiet=True), now_ms=now)
+    assert counts() == first
+
+
 def test_monitor_waits_for_open_windows_and_redoes_late_ones(spark, mcfg):
     version = register_with_lineage(spark, mcfg)
     now = now_ms()

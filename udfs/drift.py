@@ -40,7 +40,9 @@ def ks_test(expected: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
 
     if len(expected) == 0 or len(actual) == 0:
         return float("nan"), float("nan")
-    res = ks_2samp(expected, actual)
+    # scipy's "auto" takes the exact p-value up to 10,000 per side, ~0.1 s per call once the
+    # samples differ; the asymptotic one agrees to a few percent past a million pairs
+    res = ks_2samp(expected, actual, method="asymp" if len(expected) * len(actual) > 1_000_000 else "auto")
     return float(res.statistic), float(res.pvalue)
 
 
