@@ -7,7 +7,7 @@ cluster, connect or faults test starts Spark too, so it is also marked spark. A 
 without spark cannot start a JVM: its JAVA_HOME and PATH point at a ``java`` that fails
 with a message naming the missing marker. So ``pytest -m "not spark"`` runs everything
 without a JVM (the pure tests and the local servers'), ``pytest -m "not spark and not
-server"`` the pure tier, and ``and not slow`` its quick part, in seconds.
+server"`` the pure tier, and ``and not slow`` its quick part.
 """
 from __future__ import annotations
 
