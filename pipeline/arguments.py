@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
 
     p = parsers["demo"]
-    p.add_argument("--subjects", type=int, default=10)
+    p.add_argument("--subjects", type=int, default=10, help="synthetic subjects, at least 4 (default 10)")
     p.add_argument("--minutes", type=float, default=12.0)
     p.add_argument("--no-monitoring", action="store_true", help="skip the drifted-cohort monitoring step")
     return parser

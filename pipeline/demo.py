@@ -101,7 +101,13 @@ def _summary(cfg: Config, rep: Reporter, timings: list[tuple[str, float, int]]) 
         rep.result(f"  stop it with: p300 --root {cfg.root} endpoint stop")
 
 
+MIN_SUBJECTS = 4  # v2 trains on ceil(75%): with fewer, no subject is left for its evaluation
+
+
 def main(cfg: Config, args: argparse.Namespace, rep: Reporter) -> int:
+    if args.subjects < MIN_SUBJECTS:
+        raise ConfigError(f"--subjects {args.subjects}: the demo needs at least {MIN_SUBJECTS} (v2 trains on 75% of "
+                          "them, and the last evaluation needs a subject neither version saw)")
     root = cfg.local_root
     if root.exists() and any(root.iterdir()):
         raise ConfigError(f"the demo starts from an empty root, and {root} is not empty: "

@@ -66,3 +66,10 @@ def test_synth_command_writes_loadable_files(root):
 def test_bad_config_exits_2_naming_the_key(root, capsys):
     assert run(["--root", str(root), "--set", "signal.sfreqq=1", "synth", "--subjects", "1"], environ={}) == 2
     assert "signal.sfreqq" in capsys.readouterr().err
+
+
+def test_demo_refuses_too_few_subjects_before_it_starts(tmp_path, capsys):
+    root = tmp_path / "lakehouse"
+    assert run(["--root", str(root), "demo", "--subjects", "3"], environ={}) == 2
+    assert "--subjects 3: the demo needs at least 4" in capsys.readouterr().err
+    assert not root.exists()  # nothing was synthesized
