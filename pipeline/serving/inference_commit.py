@@ -30,6 +30,9 @@ def run_committer(wal_dir: Path, table_uri: str, interval_s: float, parent_pid: 
     server's death, then once more."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # below the server in the scheduler: on a saturated host the log lags (segments wait on
+    # disk, nothing is lost) instead of taking CPU from requests; an idle moment catches up
+    os.nice(10)
     with _committer_lock(wal_dir):
         committer = _Committer(wal_dir, table_uri, lambda msg: print(f"[p300-serving] {msg}", flush=True))
         while True:
