@@ -32,13 +32,13 @@ import pytest
 import yaml
 
 from config_factory import user_env
+from pipeline.commands import COMMANDS
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 GLOBAL_WITH_VALUE = {"--conf", "--root", "--set"}
-TASK_SCRIPTS = {"p300-ingest", "p300-preprocess", "p300-train", "p300-deploy", "p300-evaluate", "p300-promote",
-                "p300-monitor"}
+TASK_SCRIPTS = {c.entry_point for c in COMMANDS if c.task}  # p300-ingest, ... (the command table's)
 
 
 # --- reading the docs ------------------------------------------------------------------------
