@@ -8,8 +8,11 @@ Delta version). Every job reads and writes the registry through these functions.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ __all__ = [
     "TAG_ALIGNMENT",
     "Lineage",
     "mlflow_client",
+    "register_model",
     "ensure_experiment",
     "alias_version",
     "model_uri",
@@ -307,3 +311,45 @@ def find_version_by_tag(client: MlflowClient, cfg: Config, key: str, value: str)
         if (tags or {}).get(key) == value:
             return full or client.get_model_version(v.name, v.version)  # with aliases filled in
     return None
+
+
+# what mlflow.register_model prints itself (to stderr, not through logging); the caller reports
+# the version it registered
+_REGISTER_NOTICES = ("Successfully registered model ", "Registered model ", "Created version ")
+
+
+class _WithoutLines(io.TextIOBase):
+    """A text stream that forwards every line to ``target`` except those starting with ``prefixes``."""
+
+    def __init__(self, target: Any, prefixes: tuple[str, ...]) -> None:
+        self.target, self.prefixes, self.pending = target, prefixes, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        while "\n" in self.pending:
+            line, self.pending = self.pending.split("\n", 1)
+            if not line.startswith(self.prefixes):
+                self.target.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def close(self) -> None:
+        if self.pending and not self.pending.startswith(self.prefixes):
+            self.target.write(self.pending)
+        self.pending = ""
+        self.flush()
+
+
+def register_model(cfg: Config, model_uri: str, tags: dict[str, str]) -> ModelVersion:
+    """``mlflow.register_model`` under ``registry.model_name``, without MLflow's own notices
+    on stderr unless --verbose (the caller reports the version); anything else MLflow prints passes."""
+    if not cfg.spark.quiet:
+        return mlflow.register_model(model_uri, cfg.registry.model_name, tags=tags)
+    stream = _WithoutLines(sys.stderr, _REGISTER_NOTICES)
+    try:
+        with contextlib.redirect_stderr(stream):
+            return mlflow.register_model(model_uri, cfg.registry.model_name, tags=tags)
+    finally:
+        stream.close()

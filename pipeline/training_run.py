@@ -181,5 +181,5 @@ def log_and_register(client: Any, cfg: Config, data: FeaturesData, fitted: Fitte
             input_example=data.X[:3], pip_requirements=_pip_requirements())
     tags = {**lineage, reg.TAG_FINGERPRINT: fp, reg.TAG_CLASSIFIER: fitted.model.classifier,
             reg.TAG_ALIGNMENT: fitted.model.alignment, "cv_roc_auc": f"{cv.metrics['cv_roc_auc']:.4f}"}
-    mv = mlflow.register_model(info.model_uri, cfg.registry.model_name, tags=tags)
+    mv = reg.register_model(cfg, info.model_uri, tags)
     return str(mv.version), run.info.run_id

@@ -20,7 +20,8 @@ P300 = Path(sys.executable).parent / "p300"
 # pipeline/evaluate.py): startup chatter, library warnings, tracebacks of idle Python workers
 NOISE = ("Using incubator modules", "NativeCodeLoader", "resolves to a loopback address",
          "Using Spark's default log4j profile", "Creating initial MLflow database tables", "[alembic.",
-         "Validating input example", "Warning:", "Traceback", "BrokenPipeError")
+         "Validating input example", "Successfully registered model", "Created version", "Warning:", "Traceback",
+         "BrokenPipeError")
 STEPS = [
     ["synth", "--subjects", "3", "--minutes", "1", "--channels", "8"],
     ["ingest"],

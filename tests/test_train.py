@@ -348,3 +348,27 @@ def test_erp_channel_falls_back_to_the_largest_difference_when_absent(root):
     idx, name = _erp_channel(cfg, 3, X, y)
     assert idx == 2 and name.startswith("eeg_ch3 (largest difference")
     assert _erp_channel(cfg, 16, np.zeros((4, 16 * n_times), np.float32), y) == (10, "eeg_ch11")
+
+
+@pytest.mark.slow  # logs a (tiny) MLflow model
+def test_registration_leaves_mlflow_notices_out_unless_verbose(cfg, capsys):
+    import sys
+
+    from mlflow.pyfunc import PythonModel
+
+    class Constant(PythonModel):
+        def predict(self, context, model_input: list[float]) -> list[float]:
+            return [0.5 for _ in model_input]
+
+    client = reg.mlflow_client(cfg)
+    with mlflow.start_run(experiment_id=reg.ensure_experiment(client, cfg, cfg.registry.experiment)):
+        info = mlflow.pyfunc.log_model(name="model", python_model=Constant(), pip_requirements=[])
+    print("a line of the caller's own", file=sys.stderr)
+    assert str(reg.register_model(cfg, info.model_uri, {"k": "v"}).version) == "1"
+    verbose = cfg.model_copy(update={"spark": cfg.spark.model_copy(update={"quiet": False})})
+    assert str(reg.register_model(verbose, info.model_uri, {}).version) == "2"
+    err = capsys.readouterr().err
+    assert "a line of the caller's own" in err
+    assert "Successfully registered model" not in err and "Created version '1'" not in err
+    assert "Created version '2'" in err  # --verbose: MLflow's own lines as it prints them
+    assert client.get_model_version(cfg.registry.model_name, "1").tags["k"] == "v"
