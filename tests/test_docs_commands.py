@@ -390,3 +390,9 @@ def test_no_file_cites_documents_or_issues_that_are_not_in_the_repository():
             if pattern.search(line):
                 hits.append(f"{f.relative_to(REPO)}:{n}: {line.strip()[:100]}")
     assert not hits, "cites something the repository does not hold:\n" + "\n".join(hits)
+
+
+def test_readme_stays_a_guide():
+    """The README is what a newcomer reads first: at most 250 lines; the rest belongs in docs/."""
+    lines = (REPO / "README.md").read_text().count("\n")
+    assert lines <= 250, f"README.md has {lines} lines; move detail into docs/"
