@@ -69,6 +69,7 @@ def write_json(path: Path, data: Any, mode: int = 0o600) -> None:
     """Atomic write (tmp + fsync + rename, then the folder's fsync) with ``mode`` from the start
     (0600: owner only): a kill or a power cut leaves the old file or the new one, never part."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_orphans(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as fh:
@@ -81,6 +82,15 @@ def write_json(path: Path, data: Any, mode: int = 0o600) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def _drop_orphans(path: Path) -> None:
+    """Remove the temporary files of ``write_json`` calls whose process is gone (killed between
+    its open and its rename); a live writer's file is left alone."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
+            tmp.unlink(missing_ok=True)
 
 
 def read_state(state_dir: Path) -> ServerInfo | None:
