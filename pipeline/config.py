@@ -236,7 +236,7 @@ class Monitoring(_Strict):
     inference_log: bool = True       # the local endpoint server logs every request
     flush_interval_s: float = Field(1.0, gt=0)  # the log's commits; also on a segment_mb segment
     segment_mb: float = Field(64.0, gt=0)
-    fsync: Literal["flush", "request"] = "flush"  # when the write-ahead file is fsynced (docs/monitoring.md)
+    fsync: Literal["none", "flush", "request"] = "none"  # the inference log's fsyncs (docs/monitoring.md)
     window_s: int = Field(3600, ge=1)  # window length (Lakehouse Monitoring granularity)
     lateness_s: float = Field(60.0, ge=0)  # a window is processed once it closed this long ago
     max_payload_kb: int | None = Field(None, ge=0)  # larger request bodies are logged as null; None: all

@@ -15,7 +15,8 @@ import orjson
 import pytest
 from pyspark.sql import functions as F
 
-from pipeline.serving.inference_log import InferenceLog, read_segment
+from pipeline.serving.inference_log import InferenceLog
+from pipeline.serving.inference_wal import read_segment
 from pipeline.serving import apply_served_versions, invocation_url, start_local_server, stop_local_server, \
     workspace_client
 from pipeline.storage import read_table

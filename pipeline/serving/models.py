@@ -149,11 +149,14 @@ def _checked_params(model: LoadedModel, params: dict[str, Any]) -> dict[str, Any
         raise ApiError(400, "BAD_REQUEST", f"params: {exc.message[:500]}") from None
 
 
-def score(model: LoadedModel, body: bytes) -> bytes:
+def score(model: LoadedModel, body: bytes, seen: dict[str, Any] | None = None) -> bytes:
     """Parse, validate, predict, encode: the CPU part of one invocation. Input errors answer
-    400; an error inside the model propagates (the caller answers 500)."""
+    400; an error inside the model propagates (the caller answers 500). ``seen`` receives the
+    body's ``client_request_id`` once it is parsed (for the inference log)."""
     try:
         payload = loads(body, "invocation")
+        if seen is not None:
+            seen["client_request_id"] = scoring.client_request_id(payload)
         fmt, data = scoring.parse_inputs(payload)
         params = scoring.parse_params(payload)
         if params is not None:

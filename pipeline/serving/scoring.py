@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["InputError", "FORMATS", "as_matrix", "parse_inputs", "parse_params", "rows_of", "generic_input",
+__all__ = ["InputError", "FORMATS", "as_matrix", "parse_inputs", "parse_params", "client_request_id", "rows_of", "generic_input",
            "predictions_body", "json_default"]
 
 FORMATS = ("inputs", "instances", "dataframe_split", "dataframe_records")
@@ -183,3 +183,14 @@ def json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
+
+
+def client_request_id(payload: Any) -> str | None:
+    """A request's client_request_id: top level (Databricks' field) or in ``params``."""
+    if not isinstance(payload, dict):
+        return None
+    value = payload.get("client_request_id")
+    params = payload.get("params")
+    if value is None and isinstance(params, dict):
+        value = params.get("client_request_id")
+    return None if value is None else str(value)[:256]

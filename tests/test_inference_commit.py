@@ -1,0 +1,68 @@
+"""The inference log's committer: one segment into one Parquet file and one Delta commit.
+
+No server and no Spark: the server's own writer appends, the committer commits, deltalake
+reads the table back (tests/test_inference_log.py reads it with delta-spark)."""
+from __future__ import annotations
+
+import json
+import time
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from pipeline.serving.inference_commit import APP_ID, SegmentCommitter
+from pipeline.serving.inference_log import InferenceLog
+from pipeline.serving.inference_wal import read_segment
+
+
+def _record(log: InferenceLog, request: bytes, status: int = 200, cid: str | None = None) -> str:
+    return log.record(request, b'{"predictions": [0.25]}', status_code=status, timestamp_ms=int(time.time() * 1000),
+                      execution_time_ms=4, endpoint_name="p300", served_entity_name="champion", model_name="m",
+                      model_version="3", client_request_id=cid)
+
+
+@pytest.mark.parametrize("fsync", ["none", "flush"])
+def test_a_segment_commits_every_record_with_its_bodies_nulls_and_statistics(tmp_path, fsync):
+    log = InferenceLog(tmp_path / "wal", str(tmp_path / "table"), 3600, 64, fsync, committer="thread",
+                       max_payload_kb=1).start()
+    big = json.dumps({"inputs": [[0.5] * 400]}).encode()  # over 1 KB: logged as null
+    ids = [_record(log, b'{"inputs": [[1.0, 2.0]]}', cid="a"), _record(log, big, cid="b"),
+           _record(log, b"\xff\xfe not json", status=400, cid="c")]
+    assert log.flush() == 3
+    log.close()
+
+    dt = DeltaTable(str(tmp_path / "table"))
+    rows = {r["client_request_id"]: r for r in dt.to_pyarrow_table().to_pylist()}
+    assert [rows[c]["databricks_request_id"] for c in "abc"] == ids
+    assert rows["a"]["request"] == '{"inputs": [[1.0, 2.0]]}' and rows["a"]["response"] == '{"predictions": [0.25]}'
+    assert rows["b"]["request"] is None and rows["b"]["response"] is not None  # the row stays
+    assert rows["c"]["request"] == "\ufffd\ufffd not json" and rows["c"]["status_code"] == 400
+    assert dict(rows["a"]["request_metadata"])["model_version"] == "3"
+    assert dt.transaction_version(APP_ID) == 1
+    adds = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+    assert len(adds) == 1 and adds[0]["num_records"] == 3
+    assert adds[0]["min.status_code"] == 200 and adds[0]["max.status_code"] == 400
+    assert adds[0]["null_count.client_request_id"] == 0
+    assert not list((tmp_path / "wal").glob("seg-*.wal"))
+
+
+def test_a_torn_tail_is_kept_and_a_committed_segment_is_not_committed_again(tmp_path):
+    wal, table = tmp_path / "wal", str(tmp_path / "table")
+    log = InferenceLog(wal, table, 3600, 64, "none", committer="process").start()
+    log._child.terminate()  # commit by hand below, not in the background
+    log._child.wait()
+    _record(log, b'{"inputs": [[1.0]]}')
+    _record(log, b'{"inputs": [[2.0]]}')
+    log._rotate()
+    segment = next(wal.glob("seg-*.wal"))
+    keep = segment.read_bytes()
+    with open(segment, "ab") as f:
+        f.write(keep[:40])  # a frame cut short by a crash
+    assert [r.request for r in read_segment(segment)[0]] == [b'{"inputs": [[1.0]]}', b'{"inputs": [[2.0]]}']
+
+    assert SegmentCommitter(wal, table, print).commit_closed() == 2
+    assert segment.with_suffix(".torn").read_bytes() == keep[:40]
+    segment.write_bytes(keep)  # as if the committer died between its commit and the delete
+    assert SegmentCommitter(wal, table, print).commit_closed() == 0
+    assert DeltaTable(table).to_pyarrow_table().num_rows == 2
