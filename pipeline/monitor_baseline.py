@@ -77,11 +77,11 @@ def load_baseline(spark: SparkSession, cfg: Config, version: str, rep: Reporter)
     lineage = version_lineage(client, mv)
     frame = None
     if lineage.run_id:
-        try:
-            local = client.download_artifacts(lineage.run_id, ARTIFACT, tempfile.mkdtemp(prefix="p300-baseline-"))
-            frame = pd.read_parquet(local)
-        except Exception:  # noqa: BLE001 - not logged yet (MLflow raises several kinds here)
-            frame = None
+        with tempfile.TemporaryDirectory(prefix="p300-baseline-") as tmp:
+            try:
+                frame = pd.read_parquet(client.download_artifacts(lineage.run_id, ARTIFACT, tmp))
+            except Exception:  # noqa: BLE001 - not logged yet (MLflow raises several kinds here)
+                frame = None
     if frame is None:
         if not lineage.training_subjects or lineage.features_version is None:
             rep.warn(f"monitor: v{version}'s run records no training subjects or features version: no drift baseline")

@@ -24,8 +24,11 @@ def mcfg(root):
                                 "monitoring.rule.metric": "score_psi", "monitoring.rule.threshold": "0.2"})
 
 
-def test_monitor_profiles_windows_and_fires_on_drift(spark, mcfg):
+def test_monitor_profiles_windows_and_fires_on_drift(spark, mcfg, tmp_path, monkeypatch):
     version = register_with_lineage(spark, mcfg)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
     now = now_ms()
     start = window_start(mcfg, now, back=6)
     labels = log_requests(mcfg, version, [NORMAL, NORMAL, DRIFTED, DRIFTED, DRIFTED], start)
@@ -58,6 +61,7 @@ def test_monitor_profiles_windows_and_fires_on_drift(spark, mcfg):
     again = monitor(mcfg, Reporter(quiet=True), now_ms=now)
     assert again.processed == 0
     assert {t: table_version(spark, mcfg, t) for t in versions} == versions  # a rerun writes nothing
+    assert not list(scratch.iterdir())  # no temporary files left behind
 
 
 def test_input_drift_comes_from_a_deterministic_sample_of_requests(spark, root):
