@@ -40,14 +40,24 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def _catch_up_s(wal: Path, pid: int) -> float:
-    """Waits until the log has committed everything written so far (no closed segment left,
-    the open one rotated) and returns the CPU seconds the committer spent meanwhile, spread
-    over the machine's cores: the share of capacity that work takes from requests when it
-    runs beside them instead of after them. The wait for the flush timer is not counted."""
+def _logged_rows(table: str) -> int:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return DeltaTable(table).to_pyarrow_dataset().count_rows()
+    except TableNotFoundError:
+        return 0
+
+
+def _catch_up_s(table: str, rows: int, pid: int) -> float:
+    """Waits until the log has committed ``rows`` rows and returns the CPU seconds the
+    committer spent meanwhile, spread over the machine's cores: the share of capacity that
+    work takes from requests when it runs beside them instead of after them. The wait for
+    the flush timer is not counted."""
     cpu0 = _cpu_s(pid)
-    while any(p.suffix == ".wal" or (p.suffix == ".open" and p.stat().st_size) for p in wal.glob("seg-*")):
-        time.sleep(0.02)
+    while _logged_rows(table) < rows:
+        time.sleep(0.05)
     return (_cpu_s(pid) - cpu0) / (os.cpu_count() or 1)
 
 
@@ -78,15 +88,19 @@ def run(args: argparse.Namespace, register, synthetic, sequential_times, concurr
             rounds = 2 if args.quick else 8
             wal = cfgs["on"].serving_dir / WAL_DIR
             committer = _committer_pid(wal)
+            invocations = 0  # of the 'on' server: every one is logged
             for r in range(rounds):  # off, on, on, off, ...: drifting machine load hits both
                 for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
                     url, hdrs = urls[mode]
-                    times[mode] += sequential_times(url, hdrs, body, max(1, args.requests // rounds))
+                    n_seq = max(1, args.requests // rounds)
+                    times[mode] += sequential_times(url, hdrs, body, n_seq)
                     t = concurrent(url, hdrs, body, args.clients, 2 * args.seconds / rounds, args.epochs)
                     done[mode][0] += t["requests"]
+                    if mode == "on":  # 3 and 1 per client are warm-ups
+                        invocations += 3 + n_seq + args.clients + t["requests"] + t["failed"]
                     # the committer (nice 10) lags under saturation: the work it does afterwards
                     # for this run's requests counts against 'on', and the next run starts clean
-                    done[mode][1] += 2 * args.seconds / rounds + (_catch_up_s(wal, committer) if mode == "on" else 0.0)
+                    done[mode][1] += 2 * args.seconds / rounds + (_catch_up_s(cfgs["on"].table("inference_log"), invocations, committer) if mode == "on" else 0.0)
                 print(f"round {r + 1}/{rounds} done", file=sys.stderr)
         finally:
             for cfg in cfgs.values():

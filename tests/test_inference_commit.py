@@ -59,10 +59,35 @@ def test_a_torn_tail_is_kept_and_a_committed_segment_is_not_committed_again(tmp_
     keep = segment.read_bytes()
     with open(segment, "ab") as f:
         f.write(keep[:40])  # a frame cut short by a crash
-    assert [r.request for r in read_segment(segment)[0]] == [b'{"inputs": [[1.0]]}', b'{"inputs": [[2.0]]}']
+    records, _, torn = read_segment(segment)
+    assert torn == 40 and [r.request for r in records] == [b'{"inputs": [[1.0]]}', b'{"inputs": [[2.0]]}']
 
     assert SegmentCommitter(wal, table, print).commit_closed() == 2
     assert segment.with_suffix(".torn").read_bytes() == keep[:40]
     segment.write_bytes(keep)  # as if the committer died between its commit and the delete
     assert SegmentCommitter(wal, table, print).commit_closed() == 0
     assert DeltaTable(table).to_pyarrow_table().num_rows == 2
+
+
+def test_a_recycled_segment_file_is_written_over_and_its_older_frames_are_not_read(tmp_path):
+    wal, table = tmp_path / "wal", str(tmp_path / "table")
+    log = InferenceLog(wal, table, 3600, 64, "none", committer="thread").start()
+    for i in range(5):  # a long first segment ...
+        _record(log, json.dumps({"inputs": [[float(i)] * 50]}).encode(), cid=f"old{i}")
+    assert log.flush() == 5
+    free = list(wal.glob("free-*"))
+    assert len(free) == 1  # ... whose file is kept for reuse
+    long_size = free[0].stat().st_size
+    _record(log, b'{"inputs": [[8.0]]}', cid="mid")  # into the segment opened at the flush (a new file)
+    assert log.flush() == 1  # the next one is opened in the kept file
+    _record(log, b'{"inputs": [[9.0]]}', cid="new")
+    log._rotate()
+    segment = next(wal.glob("seg-*.wal"))
+    assert segment.stat().st_size == long_size  # written over in place, the older frames after it
+    records, _, torn = read_segment(segment)
+    assert [r.meta["client_request_id"] for r in records] == ["new"] and torn == 0
+    assert log.flush() == 1
+    log.close()
+    assert sorted(DeltaTable(table).to_pyarrow_table().column("client_request_id").to_pylist()) == \
+        ["mid", "new", "old0", "old1", "old2", "old3", "old4"]
+    assert not list(wal.glob("seg-*.torn"))

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from pipeline.monitor_tables import arrow_schema
-from pipeline.serving.inference_wal import OPEN_SUFFIX, SEG_PREFIX, SEG_SUFFIX, WAL_DIR, Frames, scan, \
-    segment_number
+from pipeline.serving.inference_wal import FREE_PREFIX, OPEN_SUFFIX, SEG_PREFIX, SEG_SUFFIX, WAL_DIR, Frames, \
+    free_name, scan, segment_number
 
 __all__ = ["APP_ID", "TABLE_CONFIGURATION", "SegmentCommitter", "committed_version", "drain", "drain_inference_log",
            "run_committer"]
@@ -41,6 +41,7 @@ INDEXED = ("databricks_request_id", "client_request_id", "date", "timestamp_ms",
            "sampling_fraction", "execution_time_ms")  # the leading columns: Delta statistics, Parquet statistics
 TABLE_CONFIGURATION = {"delta.dataSkippingNumIndexedCols": str(len(INDEXED))}
 _META_KEYS = ("endpoint_name", "model_name", "model_version", "served_entity_name")
+FREE_FILES = 3  # committed segment files kept for the writer to reuse; the rest are deleted
 
 
 def _payload(buf: Any, spans: list[tuple[int, int]], valid: list[bool], present: list[bool]) -> Any:
@@ -130,9 +131,15 @@ class SegmentCommitter:
             if number > self.done:
                 rows += self._commit(number, path)
                 self.done = number
-            path.unlink()
+            self._recycle(number, path)
         self.rows += rows
         return rows
+
+    def _recycle(self, number: int, path: Path) -> None:
+        if len(list(self.wal_dir.glob(f"{FREE_PREFIX}*"))) < FREE_FILES:
+            path.rename(self.wal_dir / free_name(number))
+        else:
+            path.unlink()
 
     def _commit(self, number: int, path: Path) -> int:
         import pyarrow as pa
@@ -146,11 +153,11 @@ class SegmentCommitter:
         with open(path, "rb") as f:
             mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
         try:
-            frames = scan(mm)
-            if frames.readable < size:
+            frames = scan(mm, number)
+            if frames.torn:
                 torn = path.with_suffix(".torn")
-                torn.write_bytes(mm[frames.readable:])
-                self._log(f"inference log: {path.name} ends in {size - frames.readable} bytes of a record cut short "
+                torn.write_bytes(mm[frames.readable:frames.readable + frames.torn])
+                self._log(f"inference log: {path.name} ends in {frames.torn} bytes of a record cut short "
                           f"(a request that got no answer); kept as {torn.name}")
             if not frames.metas:
                 return 0

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.serving.inference_commit import SegmentCommitter, committed_version
-from pipeline.serving.inference_wal import OPEN_SUFFIX, SEG_PREFIX, SEG_SUFFIX, WAL_DIR, frame, new_request_id, \
-    segment_name, segment_number
+from pipeline.serving.inference_wal import FREE_PREFIX, OPEN_SUFFIX, SEG_PREFIX, SEG_SUFFIX, WAL_DIR, frame, \
+    free_name, new_request_id, segment_name, segment_number
 
 import orjson  # pinned (requirements.txt); the server parses with it too
 
@@ -90,14 +90,14 @@ class InferenceLog:
                        "execution_time_ms": execution_time_ms, "endpoint_name": endpoint_name,
                        "served_entity_name": served_entity_name, "model_name": model_name,
                        "model_version": model_version})
-        parts = frame(meta, request, response)
-        total = sum(map(len, parts))
         with self._lock:
-            written = os.writev(self._fd, parts)
+            parts = frame(self._number, meta, request, response)
+            total = sum(map(len, parts))
+            written = os.pwritev(self._fd, parts, self._size)
             if written != total:  # a short write (disk full): finish it or fail loudly
                 rest = b"".join(parts)[written:]
                 while rest:
-                    rest = rest[os.write(self._fd, rest):]
+                    rest = rest[os.pwrite(self._fd, rest, self._size + total - len(rest)):]
             if self.fsync_each:
                 os.fdatasync(self._fd)
             self._size += total
@@ -141,8 +141,11 @@ class InferenceLog:
                 os.close(self._fd)
                 self._fd = -1
         path = self.wal_dir / segment_name(self._number, open_=True)
-        if path.exists() and path.stat().st_size == 0:
-            path.unlink()
+        if path.exists() and self._size == 0:  # nothing of its own: fresh, or a recycled file to keep
+            if path.stat().st_size == 0:
+                path.unlink()
+            else:
+                path.rename(self.wal_dir / free_name(self._number))
         if self._child is not None:  # its last pass commits what flush() closed
             self._child.terminate()
             self._child.wait()
@@ -155,9 +158,17 @@ class InferenceLog:
 
     # ---- internals ------------------------------------------------------------------------
     def _open(self, number: int) -> None:
+        """Open segment ``number``, in a recycled file when the committer left one (written over
+        from the start; see inference_wal)."""
         path = self.wal_dir / segment_name(number, open_=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._size = os.fstat(self._fd).st_size
+        for free in sorted(self.wal_dir.glob(f"{FREE_PREFIX}*")):
+            try:
+                free.rename(path)
+                break
+            except FileNotFoundError:  # the committer deleted it meanwhile
+                continue
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        self._size = 0
 
     def _rotate(self) -> None:
         with self._lock:
