@@ -5,6 +5,7 @@ reads the table back (tests/test_inference_log.py reads it with delta-spark)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pyarrow as pa
@@ -91,3 +92,22 @@ def test_a_recycled_segment_file_is_written_over_and_its_older_frames_are_not_re
     assert sorted(DeltaTable(table).to_pyarrow_table().column("client_request_id").to_pylist()) == \
         ["mid", "new", "old0", "old1", "old2", "old3", "old4"]
     assert not list(wal.glob("seg-*.torn"))
+
+
+def test_a_file_system_that_refuses_o_direct_gets_a_buffered_write(tmp_path, monkeypatch):
+    real_open, refused = os.open, []
+
+    def no_direct(path, flags, *args):  # as tmpfs on older kernels, and some network file systems
+        if flags & os.O_DIRECT:
+            refused.append(path)
+            raise OSError(22, "Invalid argument", path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    table = str(tmp_path / "table")
+    log = InferenceLog(tmp_path / "wal", table, 3600, 64, "flush", committer="thread").start()
+    _record(log, b'{"inputs": [[1.0, 2.0]]}', cid="a")
+    assert log.flush() == 1
+    log.close()
+    assert refused and DeltaTable(table).to_pyarrow_table().column("request").to_pylist() == \
+        ['{"inputs": [[1.0, 2.0]]}']
