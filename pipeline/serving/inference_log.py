@@ -6,14 +6,15 @@ re-encoding, the request and response bytes go as they are). A background thread
 the segment (a rename) every ``monitoring.flush_interval_s``, sooner when it passes
 ``monitoring.segment_mb``; a committer process beside the server commits each closed
 segment to the Delta table ``inference_log`` as one append whose Delta transaction id is
-(``APP_ID``, segment number), then deletes it. In a process of its own, building and
-writing Parquet never holds the server's GIL (in-thread it halved throughput).
+(``APP_ID``, segment number), then recycles its file (or deletes it). In a process of its
+own, building and writing Parquet never holds the server's GIL (in-thread it halved
+throughput).
 
 Crash safety: a ``kill -9`` loses nothing that was answered, since the write returned
 before the response went out and the page cache outlives the process. On start,
 leftover segments are committed in order; a segment whose number is not above the
-table's recorded transaction version was committed before the crash and is only deleted,
-so a crash between commit and delete writes no duplicates. A record cut short by the
+table's recorded transaction version was committed before the crash and is only put
+aside, so a crash between commit and delete writes no duplicates. A record cut short by the
 crash (its request got no answer) ends the segment's readable part; those bytes are kept
 beside it as ``.torn``. fsync policy ``none``: nothing is fsynced (the page cache holds what a
 kill -9 leaves; a power loss can lose what the kernel had not yet written, as with any local
