@@ -126,6 +126,7 @@ class InferenceLog:
                  str(self.flush_interval_s), str(os.getpid()), self.fsync], stdin=subprocess.DEVNULL)
         else:
             self._committer = SegmentCommitter(self.wal_dir, self.table_uri, self._log, durable=self.fsync != "none")
+            self.flush()  # leftovers, before start returns (the thread's first pass is an interval later)
         self._thread = threading.Thread(target=self._run, name="inference-log-flusher", daemon=True)
         self._thread.start()
         return self
@@ -185,13 +186,15 @@ class InferenceLog:
         path.rename(path.with_suffix(SEG_SUFFIX))  # closed: the committer may take it
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while True:
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return  # close() flushes
             try:
                 self.flush()
             except Exception as exc:  # noqa: BLE001 - the segments stay; the next round retries
                 self._log(f"inference log: commit failed, will retry: {type(exc).__name__}: {exc}")
-            self._wake.wait(self.flush_interval_s)
-            self._wake.clear()
 
 
 def open_inference_log(cfg: Any, log: Callable[[str], None] | None = None) -> InferenceLog | None:
