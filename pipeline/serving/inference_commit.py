@@ -200,8 +200,6 @@ class SegmentCommitter:
             table = segment_table(pa.py_buffer(mm), frames)
             name = f"part-00000-{uuid.uuid4()}-c000.parquet"
             os.makedirs(self.table_uri, exist_ok=True)
-            # payload columns plain: compression, dictionaries and statistics would each pass
-            # over every body byte; the small columns get them
             self._write_parquet(table, os.path.join(self.table_uri, name), size)
             stats = _stats(table)
             del table  # drops the views into the map before it closes
