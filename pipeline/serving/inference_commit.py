@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from pipeline.monitor_tables import arrow_schema
+from pipeline.serving.parquet_payload import payload_size, splice_payload
 from pipeline.serving.inference_wal import FREE_PREFIX, OPEN_SUFFIX, SEG_PREFIX, SEG_SUFFIX, WAL_DIR, Frames, \
     free_name, scan, segment_number
 
@@ -45,26 +46,22 @@ _ALIGN = 4096  # O_DIRECT: buffer address, offsets and lengths in whole blocks
 FREE_FILES = 3  # committed segment files kept for the writer to reuse; the rest are deleted
 
 
-def _payload(buf: Any, spans: list[tuple[int, int]], valid: list[bool], present: list[bool]) -> Any:
-    """A large_string column of zero-copy slices of the segment. Bodies the server parsed
-    (valid) are UTF-8 by construction (orjson refuses anything else); the rest are decoded
-    with replacement characters. ``present`` False: null (over ``monitoring.max_payload_kb``)."""
-    import numpy as np
-    import pyarrow as pa
-
-    chunks = []
-    for (a, b), ok, here in zip(spans, valid, present):
-        if not here:
-            chunks.append(pa.nulls(1, pa.large_string()))
-            continue
-        data = buf.slice(a, b - a) if ok else pa.py_buffer(buf.slice(a, b - a).to_pybytes().decode(
-            "utf-8", "replace").encode())
-        chunks.append(pa.LargeStringArray.from_buffers(1, pa.py_buffer(np.array([0, data.size], np.int64)), data))
-    return pa.chunked_array(chunks, pa.large_string())
+PAYLOAD = ("request", "response")  # the large text columns; parquet_payload writes them
+PAYLOAD_AFTER = "execution_time_ms"  # the column before them in inference_log
 
 
-def segment_table(buf: Any, frames: Frames) -> Any:
-    """A segment's rows as an Arrow table of ``inference_log``'s schema."""
+def _bodies(buf: Any, spans: list[tuple[int, int]], valid: list[bool], present: list[bool]) -> list[Any]:
+    """Zero-copy views of the segment's bodies. Bodies the server parsed (valid) are UTF-8 by
+    construction (orjson refuses anything else); the rest are decoded with replacement
+    characters. ``present`` False: None, null in the table (over ``monitoring.max_payload_kb``)."""
+    view = memoryview(buf)
+    return [None if not here else view[a:b] if ok else bytes(view[a:b]).decode("utf-8", "replace").encode()
+            for (a, b), ok, here in zip(spans, valid, present)]
+
+
+def segment_table(buf: Any, frames: Frames) -> tuple[Any, dict[str, list[Any]]]:
+    """A segment's rows: the Arrow table of ``inference_log``'s columns but the payload ones,
+    and the payload columns as bodies (views of ``buf``) in table order."""
     import pyarrow as pa
 
     metas = frames.metas
@@ -78,14 +75,16 @@ def segment_table(buf: Any, frames: Frames) -> Any:
         "status_code": status,
         "sampling_fraction": [1.0] * len(metas),
         "execution_time_ms": [int(m["execution_time_ms"]) for m in metas],
-        "request": _payload(buf, frames.requests, [s < 400 for s in status], [not m.get("omitted") for m in metas]),
-        "response": _payload(buf, frames.responses, [True] * len(metas), [True] * len(metas)),
         "served_entity_id": [m.get("served_entity_name") for m in metas],
         "request_metadata": [[(k, str(m[k])) for k in _META_KEYS if m.get(k) is not None] for m in metas],
     }
-    schema = arrow_schema()
-    return pa.Table.from_arrays([c if isinstance(c := columns[f.name], (pa.Array, pa.ChunkedArray))
-                                 else pa.array(c, f.type) for f in schema], schema=schema)
+    schema = pa.schema([f for f in arrow_schema() if f.name not in PAYLOAD])
+    table = pa.Table.from_arrays([c if isinstance(c := columns[f.name], pa.Array) else pa.array(c, f.type)
+                                  for f in schema], schema=schema)
+    bodies = {"request": _bodies(buf, frames.requests, [s < 400 for s in status],
+                                 [not m.get("omitted") for m in metas]),
+              "response": _bodies(buf, frames.responses, [True] * len(metas), [True] * len(metas))}
+    return table, bodies
 
 
 def _stats(table: Any) -> str:
@@ -124,6 +123,7 @@ class SegmentCommitter:
         self.done = committed_version(table_uri) or 0
         self.rows = 0
         self._buf: mmap.mmap | None = None  # the Parquet file's bytes before they go out
+        self._dt: Any = None  # the table, loaded once (a full load per commit cost more than the commit)
 
     def commit_closed(self) -> int:
         closed = sorted((n, p) for p in self.wal_dir.glob(f"{SEG_PREFIX}*{SEG_SUFFIX}")
@@ -143,43 +143,43 @@ class SegmentCommitter:
         else:
             path.unlink()
 
-    def _write_parquet(self, table: Any, path: str, segment_bytes: int) -> None:
-        """Parquet into a reused, page-aligned buffer, then to the file with ``O_DIRECT``: the
-        log is written once and read rarely, and copying it into new page-cache pages was 44%
-        of the committer's time (docs/performance.md). Where the buffer is too small or the
-        file system refuses ``O_DIRECT`` (tmpfs), pyarrow writes the file as usual."""
+    def _write_parquet(self, table: Any, bodies: dict[str, list[Any]], path: str, segment_bytes: int) -> None:
+        """The Parquet file into a reused, page-aligned buffer (pyarrow's small columns, then
+        the bodies copied once, parquet_payload), then to the file with ``O_DIRECT``: the log
+        is written once and read rarely, and copying it into new page-cache pages was 44% of
+        the committer's time (docs/performance.md). A file system that refuses ``O_DIRECT``
+        (tmpfs) gets the same bytes through the page cache."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        # payload columns plain: compression, dictionaries and statistics would each pass over
-        # every body byte; the small columns get them
+        # dictionaries only where values repeat; statistics for Delta's indexed columns
         options = dict(compression="none", use_dictionary=["served_entity_id", "request_metadata"],
-                       write_statistics=list(INDEXED), row_group_size=max(1, table.num_rows))
-        need = _ALIGN * (-(-(segment_bytes + segment_bytes // 8 + (1 << 20)) // _ALIGN))
+                       write_statistics=list(INDEXED), row_group_size=max(1, table.num_rows), write_page_index=False)
+        # the small columns take fewer bytes than their records in the segment: never too small
+        need = _ALIGN * (-(-(sum(map(payload_size, bodies.values())) + segment_bytes + (1 << 20)) // _ALIGN))
         if self._buf is None or len(self._buf) < need:
             self._buf = mmap.mmap(-1, need)
+        sink = pa.FixedSizeBufferWriter(pa.py_buffer(self._buf))
+        pq.write_table(table, sink, **options)
+        n = splice_payload(self._buf, sink.tell(), bodies, after=PAYLOAD_AFTER, arrow_schema=arrow_schema())
+        view = memoryview(self._buf)
         try:
-            sink = pa.FixedSizeBufferWriter(pa.py_buffer(self._buf))
-            pq.write_table(table, sink, **options)
-            n = sink.tell()
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o644)
-        except (pa.ArrowException, OSError):
-            pq.write_table(table, path, **options)
-            if self.durable:
-                _fsync(path)
-            return
+            end = _ALIGN * (-(-n // _ALIGN))  # O_DIRECT: whole blocks; the padding is cut below
+        except OSError:
+            fd, end = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), n
         try:
-            view, done, padded = memoryview(self._buf), 0, _ALIGN * (-(-n // _ALIGN))
-            while done < padded:
-                done += os.write(fd, view[done:padded])
-            os.ftruncate(fd, n)  # the padding goes; the size is the file's
+            done = 0
+            while done < end:
+                done += os.write(fd, view[done:end])
+            os.ftruncate(fd, n)
             if self.durable:
                 os.fsync(fd)
         finally:
+            view.release()
             os.close(fd)
 
     def _commit(self, number: int, path: Path) -> int:
-        import pyarrow as pa
         from deltalake import CommitProperties, DeltaTable, Transaction
         from deltalake.transaction import AddAction
 
@@ -187,7 +187,8 @@ class SegmentCommitter:
         if size == 0:
             return 0
         with open(path, "rb") as f:
-            mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+            # populated at once: faulting the bodies in page by page cost as much as copying them
+            mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ)
         try:
             frames = scan(mm, number)
             if frames.torn:
@@ -197,20 +198,31 @@ class SegmentCommitter:
                           f"(a request that got no answer); kept as {torn.name}")
             if not frames.metas:
                 return 0
-            table = segment_table(pa.py_buffer(mm), frames)
+            table, bodies = segment_table(mm, frames)
             name = f"part-00000-{uuid.uuid4()}-c000.parquet"
             os.makedirs(self.table_uri, exist_ok=True)
-            self._write_parquet(table, os.path.join(self.table_uri, name), size)
+            try:
+                self._write_parquet(table, bodies, os.path.join(self.table_uri, name), size)
+            finally:
+                for views in bodies.values():  # the map closes only once no view of it is left
+                    for v in views:
+                        if isinstance(v, memoryview):
+                            v.release()
             stats = _stats(table)
-            del table  # drops the views into the map before it closes
         finally:
             mm.close()
-        dt = DeltaTable.create(self.table_uri, arrow_schema(), mode="ignore", configuration=TABLE_CONFIGURATION)
+        if self._dt is None:
+            self._dt = DeltaTable.create(self.table_uri, arrow_schema(), mode="ignore",
+                                         configuration=TABLE_CONFIGURATION)
+        else:  # this process is the only committer (committer.lock): only its own commits are new
+            self._dt.update_incremental()
+        dt = self._dt
         dt.create_write_transaction(
             [AddAction(name, os.path.getsize(os.path.join(self.table_uri, name)), {}, int(time.time() * 1000),
                        True, stats)],
             mode="append", schema=arrow_schema(),
             commit_properties=CommitProperties(app_transactions=[Transaction(APP_ID, number, int(time.time() * 1000))]))
+        dt.update_incremental()  # to the version just committed
         if self.durable:  # the commit's JSON and the folder entries of both files
             log_dir = os.path.join(self.table_uri, "_delta_log")
             _fsync(os.path.join(log_dir, f"{dt.version():020d}.json"))
