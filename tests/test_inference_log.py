@@ -34,7 +34,9 @@ def _load(url: str, headers: dict, clients: int, stop: threading.Event, ok: set,
             i = 0
             while not stop.is_set() and (per_client is None or i < per_client):
                 cid = f"c{c}-{i}"
-                body = orjson.dumps({"client_request_id": cid, "inputs": rng.normal(size=(5, N_FEATURES)).tolist(),
+                # odd clients send bodies over 256 KB, which the server logs from a worker thread
+                epochs = 5 if c % 2 == 0 else 2_000
+                body = orjson.dumps({"client_request_id": cid, "inputs": rng.normal(size=(epochs, N_FEATURES)).tolist(),
                                      "params": {"subject_id": c}})
                 try:
                     resp = http.post(url, content=body, headers={**headers, "Content-Type": "application/json"})
@@ -90,6 +92,8 @@ def test_every_answered_request_is_logged_once_across_a_kill_9(spark, cfg):
     assert {r["status_code"] for r in rows} == {200}
     assert {r["request_metadata"]["model_version"] for r in rows} == {version}
     assert not list((cfg.serving_dir / "inference_wal").glob("seg-*"))
+    large = read_table(spark, cfg, "inference_log").where("length(request) > 262144").count()
+    assert 0 < large < len(rows), "both the inline and the threaded append were exercised"
 
 
 def test_a_commit_interrupted_before_the_segment_is_deleted_writes_no_duplicates(spark, cfg, tmp_path):

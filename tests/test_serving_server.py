@@ -46,6 +46,12 @@ N = 12  # features per epoch
 WAIT = timedelta(seconds=120)
 
 
+def settled(ws, waiter):
+    """An SDK operation's result through the pipeline's own wait (quick looks, then the SDK's
+    waiter, whose first sleep is 1-2 s); the round-trip test keeps the SDK's ``result()``."""
+    return sv.wait_until_not_updating(ws, waiter.response.name, WAIT.total_seconds())
+
+
 @dataclass
 class Env:
     cfg: object
@@ -90,9 +96,9 @@ def env(tmp_path_factory):
     with_params_slow = register_params_version(cfg, N, fast=False)
     with running_server(cfg) as info:
         ws = sv.workspace_client(cfg)
-        ws.serving_endpoints.create(name="ep", config=EndpointCoreConfigInput(
+        settled(ws, ws.serving_endpoints.create(name="ep", config=EndpointCoreConfigInput(
             name="ep", served_entities=entities(cfg, champion=v1, challenger=v2),
-            traffic_config=traffic(champion=100, challenger=0))).result(timeout=WAIT)
+            traffic_config=traffic(champion=100, challenger=0))))
         yield Env(cfg, info, v1, v2, v3, gated, hold, with_params, with_params_slow)
 
 
@@ -105,7 +111,7 @@ def local_model(env):
 def test_sdk_create_get_update_delete_round_trip(env):
     ws = env.ws
     created = ws.serving_endpoints.create(name="roundtrip", config=EndpointCoreConfigInput(
-        name="roundtrip", served_entities=entities(env.cfg, challenger=env.v1))).result(timeout=WAIT)
+        name="roundtrip", served_entities=entities(env.cfg, challenger=env.v1))).result(timeout=WAIT)  # the SDK's own waiter
     assert created.state.ready == EndpointStateReady.READY
     assert created.state.config_update == EndpointStateConfigUpdate.NOT_UPDATING
     assert sv.served_versions(created) == {"challenger": env.v1}
@@ -187,9 +193,9 @@ def test_routing_follows_traffic_and_direct_urls_reach_each_entity(env):
 def test_params_reach_the_model_on_both_paths_and_are_checked(env):
     """``params`` beside the inputs go to predict_matrix(..., params=) (fast path) or to
     pyfunc.predict(..., params=) (otherwise), checked against the signature's params schema."""
-    env.ws.serving_endpoints.create(name="params", config=EndpointCoreConfigInput(
+    settled(env.ws, env.ws.serving_endpoints.create(name="params", config=EndpointCoreConfigInput(
         name="params", served_entities=entities(env.cfg, fast=env.with_params, slow=env.with_params_slow,
-                                                plain=env.v1))).result(timeout=WAIT)
+                                                plain=env.v1))))
     rows = np.zeros((3, N)).tolist()
     for served in ("fast", "slow"):
         url = env.url("params", served)
@@ -282,8 +288,8 @@ def test_unknown_endpoints_and_served_models_are_404(env, method, path, status):
 
 def test_update_while_one_is_in_progress_is_a_conflict_and_the_old_config_keeps_serving(env):
     ws = env.ws
-    ws.serving_endpoints.create(name="busy", config=EndpointCoreConfigInput(
-        name="busy", served_entities=entities(env.cfg, champion=env.v1))).result(timeout=WAIT)
+    settled(ws, ws.serving_endpoints.create(name="busy", config=EndpointCoreConfigInput(
+        name="busy", served_entities=entities(env.cfg, champion=env.v1))))
     env.hold.touch()  # the gated version's load waits until the file is gone
     try:
         waiter = ws.serving_endpoints.update_config(name="busy",
@@ -298,7 +304,7 @@ def test_update_while_one_is_in_progress_is_a_conflict_and_the_old_config_keeps_
         assert resp.status_code == 200 and resp.headers["x-served-version"] == env.v1
     finally:
         env.hold.unlink()
-    done = waiter.result(timeout=WAIT)
+    done = settled(ws, waiter)
     assert sv.served_versions(done) == {"champion": env.gated}
     # a model without predict_matrix is served through pyfunc.predict
     resp = httpx.post(f"{env.info.url}/serving-endpoints/busy/invocations",
@@ -314,8 +320,8 @@ def test_hot_swap_under_load_fails_no_request(env):
     has. A request that starts and ends inside one even phase must get that phase's
     version; inside the gated version's held load it must get the previous one."""
     ws = env.ws
-    ws.serving_endpoints.create(name="swap", config=EndpointCoreConfigInput(
-        name="swap", served_entities=entities(env.cfg, champion=env.v1))).result(timeout=WAIT)
+    settled(ws, ws.serving_endpoints.create(name="swap", config=EndpointCoreConfigInput(
+        name="swap", served_entities=entities(env.cfg, champion=env.v1))))
     X, _ = synthetic_epochs(50, N, seed=5)
     body = json.dumps({"inputs": X.tolist()}).encode()
     stop = threading.Event()
@@ -364,10 +370,10 @@ def test_hot_swap_under_load_fails_no_request(env):
                 with cond:
                     phase[0] = -1  # releasing the load: either version may answer
                 env.hold.unlink()
-                waiter.result(timeout=WAIT)
+                settled(ws, waiter)
             else:
-                ws.serving_endpoints.update_config(name="swap", served_entities=entities(env.cfg, champion=version)
-                                                   ).result(timeout=WAIT)
+                settled(ws, ws.serving_endpoints.update_config(name="swap", served_entities=entities(env.cfg, champion=version)
+                                                   ))
             with cond:
                 phase[0] = 2 * k
             await_requests(2 * k)
@@ -420,8 +426,8 @@ def test_auth_on_checks_the_bearer_token_on_every_route(env, tmp_path):
         assert info.token == "s3cret-token"
         assert oct((cfg.serving_dir / "server.json").stat().st_mode & 0o777) == "0o600"
         ws = sv.workspace_client(cfg)  # token read from <root>/serving/server.json
-        ws.serving_endpoints.create(name="guarded", config=EndpointCoreConfigInput(
-            name="guarded", served_entities=entities(cfg, challenger=env.v1))).result(timeout=WAIT)
+        settled(ws, ws.serving_endpoints.create(name="guarded", config=EndpointCoreConfigInput(
+            name="guarded", served_entities=entities(cfg, challenger=env.v1))))
         url = sv.invocation_url(ws, for_endpoint(cfg, "guarded"), "challenger")
         body = {"inputs": [[0.0] * N]}
         assert httpx.post(url, json=body, headers=sv.auth_headers(ws)).status_code == 200

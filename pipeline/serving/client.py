@@ -123,6 +123,9 @@ def _failure_reason(ep: "ServingEndpointDetailed") -> str:
     return "; ".join(messages) or "no reason reported"
 
 
+_QUICK_POLLS_S = (0.0, 0.05, 0.1, 0.2, 0.4)  # wait_until_not_updating's looks before the SDK's waiter
+
+
 def wait_until_not_updating(ws: "WorkspaceClient", name: str, timeout_s: float,
                             rep: Reporter | None = None) -> "ServingEndpointDetailed":
     """The endpoint once no config update is in progress (finished, failed or cancelled: the
@@ -137,9 +140,20 @@ def wait_until_not_updating(ws: "WorkspaceClient", name: str, timeout_s: float,
             rep.info(f"endpoint {name}: config update in progress ({now - start:.0f}s)")
             last_note[0] = now
 
+    from databricks.sdk.service.serving import EndpointStateConfigUpdate as Update
+
+    # a few quick looks first: the SDK's waiter sleeps 1-2 s before its second look (sized for
+    # Databricks' builds of minutes), and a local endpoint loads a model in well under a second
+    for pause in _QUICK_POLLS_S:
+        time.sleep(pause)
+        ep = ws.serving_endpoints.get(name)
+        if ep.state is None or ep.state.config_update in (Update.NOT_UPDATING, Update.UPDATE_FAILED,
+                                                          Update.UPDATE_CANCELED):
+            return ep
+        note(ep)
     try:
         return ws.serving_endpoints.wait_get_serving_endpoint_not_updating(
-            name, timeout=timedelta(seconds=timeout_s), callback=note)
+            name, timeout=timedelta(seconds=max(0.0, timeout_s - (time.monotonic() - start))), callback=note)
     except OperationFailed:
         return ws.serving_endpoints.get(name)  # UPDATE_FAILED / UPDATE_CANCELED: the caller reads why
     except TimeoutError:
