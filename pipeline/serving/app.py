@@ -40,7 +40,7 @@ __all__ = ["create_app", "InvocationRecord", "DISCOVERY_PATH"]
 
 DISCOVERY_PATH = "/.well-known/databricks-config"
 _INLINE_BODY_BYTES = 4 << 20  # larger bodies are parsed off the event loop
-_THREAD_LOG_BYTES = 256 << 10  # larger bodies are logged in a thread while other requests wait
+_THREAD_LOG_BYTES = 256 << 10  # larger bodies are logged from a worker thread when others are in flight
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ transaction version was committed before a crash and is only deleted, so nothing
 committed twice. Every committer holds ``committer.lock`` for its whole life, so committers
 (one left by a killed server, the next server's, a stop's drain) run one after another.
 
-The bodies are never copied in Python: the segment is memory-mapped and each payload
-column is a chunked Arrow column of zero-copy slices of it. pyarrow writes the Parquet
-file and delta-rs commits it (``create_write_transaction``): delta-rs's own writer took
-7.6 ms of CPU per 2.3 MB request and this path 1.9 ms (docs/performance.md), and the
-committer shares the server's cores.
+The bodies are copied once: the segment is memory-mapped, pyarrow writes the small columns
+and ``parquet_payload`` appends the bodies from the map as Parquet pages (pyarrow's writer
+copied each body four to five times); delta-rs commits the file
+(``create_write_transaction``). Per 2.3 MB request that is 0.7 ms of CPU, against 7.6 ms for
+delta-rs's own writer (docs/performance.md), and the committer shares the server's cores.
 """
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ class SegmentCommitter:
         self.done = committed_version(table_uri) or 0
         self.rows = 0
         self._buf: mmap.mmap | None = None  # the Parquet file's bytes before they go out
-        self._dt: Any = None  # the table, loaded once (a full load per commit cost more than the commit)
+        self._dt: Any = None  # the table, loaded once; each commit then reads only what is new
 
     def commit_closed(self) -> int:
         closed = sorted((n, p) for p in self.wal_dir.glob(f"{SEG_PREFIX}*{SEG_SUFFIX}")
@@ -188,7 +188,8 @@ class SegmentCommitter:
             return 0
         with open(path, "rb") as f:
             # populated at once: faulting the bodies in page by page cost as much as copying them
-            mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ)
+            mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                           prot=mmap.PROT_READ)
         try:
             frames = scan(mm, number)
             if frames.torn:
@@ -211,18 +212,23 @@ class SegmentCommitter:
             stats = _stats(table)
         finally:
             mm.close()
-        if self._dt is None:
-            self._dt = DeltaTable.create(self.table_uri, arrow_schema(), mode="ignore",
-                                         configuration=TABLE_CONFIGURATION)
-        else:  # this process is the only committer (committer.lock): only its own commits are new
-            self._dt.update_incremental()
-        dt = self._dt
-        dt.create_write_transaction(
-            [AddAction(name, os.path.getsize(os.path.join(self.table_uri, name)), {}, int(time.time() * 1000),
-                       True, stats)],
-            mode="append", schema=arrow_schema(),
-            commit_properties=CommitProperties(app_transactions=[Transaction(APP_ID, number, int(time.time() * 1000))]))
-        dt.update_incremental()  # to the version just committed
+        try:
+            if self._dt is None:
+                self._dt = DeltaTable.create(self.table_uri, arrow_schema(), mode="ignore",
+                                             configuration=TABLE_CONFIGURATION)
+            else:
+                self._dt.update_incremental()
+            dt = self._dt
+            dt.create_write_transaction(
+                [AddAction(name, os.path.getsize(os.path.join(self.table_uri, name)), {}, int(time.time() * 1000),
+                           True, stats)],
+                mode="append", schema=arrow_schema(),
+                commit_properties=CommitProperties(app_transactions=[Transaction(APP_ID, number,
+                                                                                 int(time.time() * 1000))]))
+            dt.update_incremental()  # to the version just committed
+        except Exception:
+            self._dt = None  # the next try loads the table afresh (it may have been replaced)
+            raise
         if self.durable:  # the commit's JSON and the folder entries of both files
             log_dir = os.path.join(self.table_uri, "_delta_log")
             _fsync(os.path.join(log_dir, f"{dt.version():020d}.json"))
