@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -63,6 +64,13 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _import_mlflow() -> None:
+    try:
+        import mlflow.pyfunc  # noqa: F401
+    except Exception:  # noqa: BLE001 - the first model load imports it again and reports why
+        pass
+
+
 def serve(cfg: Config, host: str | None = None, port: int | None = None,
           log: Callable[[str], None] | None = None, on_invocation: Callable[[Any], None] | None = None) -> int:
     """Run the server in the foreground until SIGINT/SIGTERM; 0 on a clean stop."""
@@ -84,7 +92,9 @@ def serve(cfg: Config, host: str | None = None, port: int | None = None,
                               url=_url(host, sock.getsockname()[1]), token=token,
                               started_at=int(time.time() * 1000), root=str(cfg.local_root))
     store = EndpointStore(cfg, state_dir, say)
-    store.restore()
+    if not store.restore():  # restored endpoints load their models (and MLflow) right away anyway
+        # MLflow's import is most of a first model load (about 1 s): done while nothing waits on it
+        threading.Thread(target=_import_mlflow, name="warm-imports", daemon=True).start()
     inference_log = None
     if on_invocation is None:  # the inference log (monitoring.inference_log; docs/monitoring.md)
         from pipeline.serving.inference_log import open_inference_log, record_invocation
