@@ -123,7 +123,7 @@ def _failure_reason(ep: "ServingEndpointDetailed") -> str:
     return "; ".join(messages) or "no reason reported"
 
 
-_QUICK_POLLS_S = (0.0, 0.05, 0.1, 0.2, 0.4)  # wait_until_not_updating's looks before the SDK's waiter
+_QUICK_POLLS_S = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0)  # looks before the SDK's waiter (3 s in all)
 
 
 def wait_until_not_updating(ws: "WorkspaceClient", name: str, timeout_s: float,
