@@ -111,3 +111,34 @@ def test_a_file_system_that_refuses_o_direct_gets_a_buffered_write(tmp_path, mon
     log.close()
     assert refused and DeltaTable(table).to_pyarrow_table().column("request").to_pylist() == \
         ['{"inputs": [[1.0, 2.0]]}']
+
+
+def test_a_commit_that_dies_between_its_parquet_file_and_the_delta_commit_converges(tmp_path, monkeypatch):
+    """A crash after the Parquet file is written, before Delta references it: the segment stays,
+    the next committer writes it again, and the table holds each row once (the first file is
+    never referenced, so readers do not see it; VACUUM removes it)."""
+    from deltalake import DeltaTable as RealTable
+
+    wal, table = tmp_path / "wal", str(tmp_path / "table")
+    log = InferenceLog(wal, table, 3600, 64, "none", committer="thread").start()
+    _record(log, b'{"inputs": [[1.0]]}', cid="a")
+    assert log.flush() == 1  # the table exists; the next commit is an append
+    _record(log, b'{"inputs": [[2.0]]}', cid="b")
+    _record(log, b'{"inputs": [[3.0]]}', cid="c")
+    log._rotate()
+
+    def dies(*_args, **_kwargs):
+        raise SystemExit("killed between the Parquet file and the commit")
+
+    with monkeypatch.context() as m:
+        m.setattr(RealTable, "create_write_transaction", dies)
+        with pytest.raises(SystemExit):
+            SegmentCommitter(wal, table, print).commit_closed()
+    assert len(list(wal.glob("seg-*.wal"))) == 1  # the segment waits for the next committer
+    files = set(os.listdir(table))
+    assert SegmentCommitter(wal, table, print).commit_closed() == 2
+    log.close()
+    rows = RealTable(table).to_pyarrow_table().column("client_request_id").to_pylist()
+    assert sorted(rows) == ["a", "b", "c"]
+    referenced = {os.path.basename(u) for u in RealTable(table).file_uris()}
+    assert len({f for f in files if f.endswith(".parquet")} - referenced) == 1  # the dead commit's file
