@@ -104,9 +104,9 @@ def _client_request_id(body: bytes) -> str | None:
 def create_app(store: EndpointStore, token: str | None = None, max_body_mb: float = 64.0,
                on_invocation: Callable[[InvocationRecord], None] | None = None) -> Any:
     """The ASGI app (FastAPI). ``on_invocation`` receives a record of every invocation (any
-    status) on the event loop, after the response is built and before it is sent; it must be
-    quick (the inference log's append into a recycled segment file: 0.24 ms per 2.3 MB body;
-    handing it to a worker thread measured slower, p50 1.11x against 1.04x)."""
+    status) after the response is built and before it is sent: on the event loop, or from a
+    worker thread for a body over ``_THREAD_LOG_BYTES`` while other invocations are in flight
+    (the inference log's copy releases the GIL, so it overlaps them; docs/performance.md)."""
     from fastapi import APIRouter, Depends, FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.security import HTTPBearer
